@@ -1,0 +1,1 @@
+"""Protocol codecs and vendor drivers. Pure: no sockets, no clock, no database."""

@@ -1,0 +1,151 @@
+"""Settings: one class, read from a TOML file and METERHUB_* environment variables.
+
+Precedence, highest first: explicit arguments, environment (`METERHUB_DATABASE_URL`,
+`METERHUB_DATA_DIR`, …; a section key is `METERHUB_<SECTION>_<KEY>`), the TOML file
+(`--config`, else `./meterhub.toml` when present), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_FILE = Path("meterhub.toml")
+
+
+class SettingsError(Exception):
+    """A configuration value is wrong; the message names the key."""
+
+
+class DatabaseSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL. Unset: an embedded server under data_dir/postgres is used.",
+    )
+    pool_min: int = Field(default=1, ge=0, description="Connections the pool keeps open.")
+    pool_max: int = Field(default=10, ge=1, description="Most connections the pool opens.")
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    timescale: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Use TimescaleDB for readings: auto = when the extension is available.",
+    )
+    partitions_ahead_months: int = Field(
+        default=3, ge=1, le=36, description="Monthly reading partitions kept ready ahead of today."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("postgresql://", "postgres://")) and "=" not in value:
+            raise ValueError("must be a postgresql:// URL or a libpq key=value string")
+        return value
+
+
+class MqttSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    url: str | None = Field(
+        default=None,
+        description="Broker URL, mqtt://[user:password@]host:port. Unset: the demo starts an embedded broker.",
+    )
+
+
+class LogSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(BaseSettings):
+    """Everything meterhub reads from configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="METERHUB_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    data_dir: Path = Field(default=Path("var"), description="Where embedded servers keep their data.")
+    timezone: str = Field(
+        default="Asia/Shanghai",
+        description="The utility's local time zone: days and billing periods are counted in it.",
+    )
+    database: DatabaseSettings = DatabaseSettings()
+    mqtt: MqttSettings = MqttSettings()
+    log: LogSettings = LogSettings()
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _config_file_in_use.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+# Which TOML file Settings reads; set by load_settings (pydantic-settings takes the path at class level).
+_config_file_in_use: dict[str, Path | None] = {"path": None}
+
+
+def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:
+    """Load settings; raise SettingsError naming the key of the first wrong value."""
+    path = Path(config) if config is not None else None
+    if path is None:
+        env_path = os.environ.get("METERHUB_CONFIG")
+        path = Path(env_path) if env_path else (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None)
+    if path is not None and not path.is_file():
+        raise SettingsError(f"config file {path} does not exist")
+    _config_file_in_use["path"] = path
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, path)) from None
+    except ValueError as exc:  # TOML syntax errors and the like
+        raise SettingsError(f"{path}: {exc}") from None
+    finally:
+        _config_file_in_use["path"] = None
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        env = "METERHUB_" + "_".join(str(part) for part in error["loc"]).upper()
+        given = error.get("input")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"{key}: {error['msg']}{shown} [TOML key {key}, environment {env}]")
+    origin = f" in {path} or the environment" if path else " in the environment"
+    return f"invalid configuration{origin}:\n  " + "\n  ".join(lines)

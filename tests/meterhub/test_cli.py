@@ -1,0 +1,74 @@
+"""The command line as a user runs it: separate processes, embedded defaults or a given database."""
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+
+from meterhub.embedded import EmbeddedPostgres
+
+
+def meterhub(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("METERHUB_")}
+    clean.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "meterhub", *args], cwd=cwd, env=clean, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_demo_on_embedded_defaults_then_resume(tmp_path: Path) -> None:
+    first = meterhub("demo", "--meters", "30", "--days", "5", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "embedded PostgreSQL" in first.stdout
+    assert "30 new meters" in first.stdout
+    assert "150 new daily register readings" in first.stdout
+    assert (tmp_path / "var" / "postgres" / "data" / "PG_VERSION").exists()
+    assert not EmbeddedPostgres(tmp_path / "var").is_running()  # stopped cleanly on exit
+
+    again = meterhub("demo", "--meters", "30", "--days", "5", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "0 new meters" in again.stdout  # the same utility, resumed
+    assert "0 new daily register readings" in again.stdout
+
+
+def test_db_commands_against_a_given_database(database_factory: Callable[[], str], tmp_path: Path) -> None:
+    url = database_factory()
+    env = {"METERHUB_DATABASE_URL": url}
+    status = meterhub("db", "status", cwd=tmp_path, env=env)
+    assert status.returncode == 0, status.stderr
+    assert "pending" in status.stdout
+    migrated = meterhub("db", "migrate", cwd=tmp_path, env=env)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "applied 0002_reading (native)" in migrated.stdout
+    assert "schema is up to date" in meterhub("db", "migrate", cwd=tmp_path, env=env).stdout
+    assert "pending" not in meterhub("db", "status", cwd=tmp_path, env=env).stdout
+    assert not (tmp_path / "var").exists()  # no embedded server was started
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM schema_migration").fetchone() == (2,)
+
+
+def test_a_wrong_setting_stops_the_cli_naming_the_key(tmp_path: Path) -> None:
+    (tmp_path / "meterhub.toml").write_text('[database]\npool_max = "lots"\n', encoding="utf-8")
+    result = meterhub("db", "status", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "database.pool_max" in result.stderr
+    bad_env = meterhub("db", "status", cwd=tmp_path, env={"METERHUB_TIMEZONE": "Nowhere/Land"})
+    assert bad_env.returncode == 2
+    assert "timezone" in bad_env.stderr
+
+
+def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
+    result = meterhub(
+        "db",
+        "status",
+        cwd=tmp_path,
+        env={
+            "METERHUB_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+            "METERHUB_DATABASE_CONNECT_TIMEOUT_S": "2",
+        },
+    )
+    assert result.returncode != 0
+    assert "cannot connect to PostgreSQL" in result.stderr
