@@ -137,6 +137,7 @@ class CommandKind(StrEnum):
     VALVE_ARM = "valve_arm"
     CREDIT = "credit"
     READ = "read"
+    CREDIT_READ = "credit_read"  # ask a meter for its remaining balance (Capability.CREDIT_READ)
 
 
 @dataclass(frozen=True, slots=True)

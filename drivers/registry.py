@@ -19,6 +19,11 @@ ENTRY_POINT_GROUP = "meterhub.drivers"
 
 # key -> "module:factory". Listed here, imported on first use.
 BUILTIN: dict[str, str] = {
+    "native_json": "drivers.native_json.driver:create",
+    "json_mapping": "drivers.json_mapping.driver:create",
+    "cjt188": "drivers.cjt188.driver:create",
+    "modbus": "drivers.modbus.driver:create",
+    "mbus": "drivers.mbus.driver:create",
 }
 
 

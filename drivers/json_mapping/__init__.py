@@ -1,0 +1,1 @@
+"""Other platforms' JSON payloads, mapped to readings by configuration."""

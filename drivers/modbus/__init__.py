@@ -1,0 +1,1 @@
+"""Modbus TCP / RTU devices described by TOML register-map profiles."""

@@ -1,0 +1,1 @@
+"""Device profiles shipped with the modbus driver (TOML data)."""

@@ -1,0 +1,1 @@
+"""meterhub's own JSON-over-MQTT protocol."""
