@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -94,6 +95,8 @@ def start_mosquitto(port: int | None = None, workdir: Path | None = None, persis
         "log_type error",
         "log_type warning",
     ]
+    if os.geteuid() == 0:
+        lines.append("user root")  # else it drops to 'mosquitto', who cannot write our persistence directory
     conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with open(workdir / "mosquitto.log", "ab") as log_file:
         proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log_file, stderr=subprocess.STDOUT)

@@ -105,6 +105,131 @@ def db_maintain() -> None:
 
 
 @app.command()
+def collect(
+    status: Annotated[bool, typer.Option("--status", help="Show the counters of running collectors and exit.")] = False,
+) -> None:
+    """Run a collector: subscribe, decode, store; acknowledge only what is committed."""
+    from collector.service import CollectorService, collector_status
+    from meterhub.broker import BrokerAddress
+    from meterhub.store import Store
+
+    settings = _settings()
+    with Store(settings) as store:
+        if status:
+            _print_collector_status(collector_status(store))
+            return
+        if not settings.mqtt.url:
+            errors.print("[red]error:[/red] mqtt.url (METERHUB_MQTT_URL) is not set: which broker?")
+            raise typer.Exit(2)
+        store.migrate()
+        service = CollectorService(settings, store, BrokerAddress.parse(settings.mqtt.url))
+        service.start()
+        signal.signal(signal.SIGINT, lambda *_: service._stop.set())
+        signal.signal(signal.SIGTERM, lambda *_: service._stop.set())
+        console.print(f"collecting from {settings.mqtt.url} into {store.describe()} (Ctrl-C stops)")
+        service.wait()
+        service.stop()
+        snap = service.counters.snapshot()
+        console.print(
+            f"stopped: {snap['messages_received']} messages received, {snap['readings_stored']} readings stored, "
+            f"{snap['readings_duplicate']} duplicates, {snap['messages_rejected']} rejected"
+        )
+
+
+def _print_collector_status(rows: list[dict[str, object]]) -> None:
+    table = Table(title="collectors")
+    columns = (
+        "collector",
+        "state",
+        "received",
+        "committed",
+        "rejected",
+        "in flight",
+        "readings stored",
+        "duplicates",
+        "store errors",
+    )
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        c = row["counters"]
+        assert isinstance(c, dict)
+        state = "running" if row["alive"] else ("stopped" if row["stopped_at"] else "not responding")
+        table.add_row(
+            str(row["collector_id"]),
+            state,
+            *(
+                str(c.get(k, ""))
+                for k in (
+                    "messages_received",
+                    "messages_committed",
+                    "messages_rejected",
+                    "messages_in_flight",
+                    "readings_stored",
+                    "readings_duplicate",
+                    "store_errors",
+                )
+            ),
+        )
+    console.print(table)
+
+
+simulate_app = typer.Typer(no_args_is_help=True, help="Virtual meters speaking the real protocols.")
+app.add_typer(simulate_app, name="simulate")
+
+
+@simulate_app.command("mqtt")
+def simulate_mqtt(
+    meters: Annotated[int, typer.Option(min=1, help="Fleet size.")] = 100,
+    protocol: Annotated[str, typer.Option(help="native, huawei")] = "native",
+    interval_s: Annotated[float, typer.Option(min=1, help="Simulated seconds between readings.")] = 900,
+    per_message: Annotated[int, typer.Option(min=1, help="Readings per message (NB-IoT batches: 96).")] = 1,
+    speed: Annotated[float, typer.Option(min=0.001, help="Simulated time per real time.")] = 1.0,
+    ticks: Annotated[int | None, typer.Option(help="Stop after this many intervals.")] = None,
+    duplicates: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    out_of_order: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    late: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    garbage: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    clock_skew_s: Annotated[float, typer.Option(min=0)] = 0.0,
+    rollover: Annotated[float, typer.Option(min=0, max=1, help="Share of meters about to roll over.")] = 0.0,
+    outage: Annotated[float, typer.Option(min=0, max=1, help="Share of meters that go silent, then burst.")] = 0.0,
+    seed: Annotated[int, typer.Option()] = 1,
+) -> None:
+    """Publish a fleet of virtual meters to the broker at mqtt.url."""
+    from datetime import timedelta
+
+    from meterhub.broker import BrokerAddress
+    from simulators.mqtt_fleet import Faults, Fleet, FleetRunner, huawei_json, native_json
+
+    settings = _settings()
+    if not settings.mqtt.url:
+        errors.print("[red]error:[/red] mqtt.url (METERHUB_MQTT_URL) is not set: which broker?")
+        raise typer.Exit(2)
+    encoders = {"native": native_json(), "huawei": huawei_json()}
+    if protocol not in encoders:
+        errors.print(f"[red]error:[/red] --protocol must be one of {', '.join(encoders)}")
+        raise typer.Exit(2)
+    faults = Faults(
+        duplicate=duplicates,
+        out_of_order=out_of_order,
+        late=late,
+        garbage=garbage,
+        clock_skew_s=clock_skew_s,
+        rollover_share=rollover,
+        outage_share=outage,
+        outage_intervals=8 if outage else 0,
+    )
+    fleet = Fleet(meters, encoders[protocol], timedelta(seconds=interval_s), per_message, faults, seed)
+    broker = BrokerAddress.parse(settings.mqtt.url)
+    runner = FleetRunner(fleet, broker.host, broker.port, speed=speed, mqtt5=broker.mqtt5)
+    signal.signal(signal.SIGINT, lambda *_: runner.stop())
+    signal.signal(signal.SIGTERM, lambda *_: runner.stop())
+    console.print(f"{meters} meters publishing {protocol} to {settings.mqtt.url} (Ctrl-C stops)")
+    sent = runner.run(ticks)
+    console.print(f"sent {sent} messages")
+
+
+@app.command()
 def demo(
     meters: Annotated[int, typer.Option(min=1, max=100_000, help="How many demo meters to create.")] = 240,
     days: Annotated[int, typer.Option(min=1, max=400, help="Days of history per meter.")] = 60,

@@ -64,6 +64,54 @@ class MqttSettings(BaseModel):
     )
 
 
+class MqttRoute(BaseModel):
+    """Which driver decodes what arrives on a topic filter."""
+
+    model_config = {"extra": "forbid"}
+
+    filter: str = Field(description="MQTT topic filter, e.g. meters/+/up")
+    driver: str = Field(description="driver registry key, e.g. native_json, cjt188, json_mapping")
+    settings: dict[str, Any] = Field(default_factory=dict, description="the driver's own settings table")
+    settings_file: Path | None = Field(default=None, description="or a TOML file holding them")
+    response_topic: str | None = Field(
+        default=None,
+        description="where the driver's replies to an uplink go (e.g. CJ/T 188 acks); {1} is the first + of the filter",
+    )
+
+    @field_validator("filter")
+    @classmethod
+    def _valid_filter(cls, value: str) -> str:
+        parts = value.split("/")
+        if not value or any(("#" in p and p != "#") or ("+" in p and p != "+") for p in parts) or ("#" in parts[:-1]):
+            raise ValueError(f"invalid MQTT topic filter {value!r}")
+        return value
+
+
+def _default_routes() -> list[MqttRoute]:
+    return [
+        MqttRoute(filter="meters/+/up", driver="native_json"),
+        MqttRoute(filter="meters/+/reply", driver="native_json"),
+    ]
+
+
+class CollectorSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    client_id: str = Field(default="meterhub-collector", description="Fixed MQTT client id: the persistent session")
+    protocol: Literal["5", "3.1.1"] = "5"
+    share_group: str | None = Field(
+        default=None, description="Subscribe as $share/<group>/… so several collectors split the load (MQTT 5)"
+    )
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0, description="How long the broker keeps our session")
+    receive_maximum: int = Field(default=4000, ge=1, le=65535, description="Unacknowledged messages in flight")
+    batch_max_readings: int = Field(default=20000, ge=1, description="Flush when a batch holds this many rows")
+    batch_max_age_ms: int = Field(default=50, ge=1, description="…or when its oldest message is this old")
+    unknown_meter: Literal["quarantine", "auto_provision"] = "quarantine"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9640, ge=0, le=65535, description="Prometheus /metrics; 0 = off")
+    routes: list[MqttRoute] = Field(default_factory=_default_routes)
+
+
 class LogSettings(BaseModel):
     model_config = {"extra": "forbid"}
 
@@ -89,6 +137,7 @@ class Settings(BaseSettings):
     )
     database: DatabaseSettings = DatabaseSettings()
     mqtt: MqttSettings = MqttSettings()
+    collector: CollectorSettings = CollectorSettings()
     log: LogSettings = LogSettings()
 
     @field_validator("timezone")

@@ -128,15 +128,24 @@ CREATE TABLE meter (
     remove_date      date CHECK (remove_date IS NULL OR install_date IS NULL OR remove_date >= install_date),
     initial_reading  numeric(14, 3) NOT NULL DEFAULT 0,
     register_max     numeric(14, 3),
-    -- Kept current by the collector; not part of the change history.
-    last_seen_at     timestamptz,
-    battery_v        numeric(5, 2),
-    rssi_dbm         smallint,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX meter_account_idx ON meter (account_id);
 CREATE INDEX meter_address_idx ON meter (driver_key, protocol_address);
+
+-- What meters last reported, kept current by the collector once per batch. Apart from `meter` so
+-- that telemetry neither rewrites master data rows nor floods the change history.
+CREATE TABLE meter_state (
+    meter_id          bigint PRIMARY KEY REFERENCES meter (id) ON DELETE CASCADE,
+    last_seen_at      timestamptz NOT NULL,
+    last_reading_at   timestamptz,
+    last_volume_m3    numeric,
+    valve_reported    text CHECK (valve_reported IN ('open', 'closed', 'armed', 'abnormal', 'unknown')),
+    valve_reported_at timestamptz,
+    battery_v         numeric(5, 2),
+    rssi_dbm          smallint
+);
 
 CREATE TABLE change_history (
     id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -152,10 +161,9 @@ CREATE INDEX change_history_row_idx ON change_history (table_name, row_id, chang
 CREATE TRIGGER change_history_append_only BEFORE UPDATE OR DELETE ON change_history
     FOR EACH ROW EXECUTE FUNCTION meterhub_forbid_change();
 
--- Trigger arguments name columns whose changes are not history (telemetry kept current on the row).
 CREATE FUNCTION meterhub_record_history() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    skip     text[] := TG_ARGV || ARRAY['updated_at'];
+    skip     text[] := ARRAY['updated_at'];
     old_doc  jsonb;
     new_doc  jsonb;
     old_diff jsonb;
@@ -186,7 +194,7 @@ CREATE TRIGGER customer_history AFTER INSERT OR UPDATE OR DELETE ON customer
 CREATE TRIGGER account_history AFTER INSERT OR UPDATE OR DELETE ON account
     FOR EACH ROW EXECUTE FUNCTION meterhub_record_history();
 CREATE TRIGGER meter_history AFTER INSERT OR UPDATE OR DELETE ON meter
-    FOR EACH ROW EXECUTE FUNCTION meterhub_record_history('last_seen_at', 'battery_v', 'rssi_dbm');
+    FOR EACH ROW EXECUTE FUNCTION meterhub_record_history();
 
 CREATE TRIGGER staff_user_touch BEFORE UPDATE ON staff_user
     FOR EACH ROW EXECUTE FUNCTION meterhub_touch_updated_at();

@@ -56,17 +56,6 @@ def test_account_and_meter_changes_are_recorded(store: Store) -> None:
     assert history(store, "account", ids["account"])[-1][2:] == ({"status": "active"}, {"status": "locked"})
 
 
-def test_telemetry_columns_do_not_flood_the_history(store: Store) -> None:
-    with store.transaction(actor="setup") as conn:
-        ids = make_meter(conn)
-    before = len(history(store, "meter", ids["meter"]))
-    with store.transaction() as conn:
-        conn.execute(
-            "UPDATE meter SET last_seen_at = now(), battery_v = 3.55, rssi_dbm = -80 WHERE id = %s", [ids["meter"]]
-        )
-    assert len(history(store, "meter", ids["meter"])) == before
-
-
 def test_change_without_a_named_person_names_the_database_user(store: Store) -> None:
     with store.transaction() as conn:
         ids = make_meter(conn)

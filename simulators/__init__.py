@@ -1,0 +1,1 @@
+"""Virtual meters and fleets that speak the real protocols, with faults on demand."""

@@ -1,0 +1,266 @@
+"""A fleet of virtual gas meters publishing over a real MQTT broker.
+
+Each meter keeps a register that grows with realistic gas use and reports it on its own schedule,
+in meterhub's native JSON (single readings or a batch per message), in a platform's JSON (Huawei
+IoTDA style), or as CJ/T 188 frames tunnelled by a DTU. Faults on demand: duplicates, out-of-order
+and late data, garbage payloads, clock skew, register rollover and bursts after an outage. Meters
+speaking native JSON answer valve commands on their downlink topic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import paho.mqtt.client as mqtt
+
+from simulators.gas import GasProfile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Faults:
+    duplicate: float = 0.0  # share of messages sent twice
+    out_of_order: float = 0.0  # share of messages held back and sent after the next one
+    late: float = 0.0  # share of messages held back for `late_by` before sending
+    late_by_s: float = 5.0
+    garbage: float = 0.0  # share of messages replaced by junk bytes
+    clock_skew_s: float = 0.0  # each meter's clock is off by up to ± this
+    rollover_share: float = 0.0  # share of meters whose register starts just below its maximum
+    outage_share: float = 0.0  # share of meters that are silent for `outage_intervals`, then send the backlog
+    outage_intervals: int = 0
+
+
+@dataclass
+class VirtualMeter:
+    meter_no: str
+    address: str  # CJ/T 188 address (14 digits)
+    profile: GasProfile
+    register: Decimal
+    register_max: Decimal
+    skew: timedelta
+    rng: random.Random
+    valve: str = "open"
+    battery_v: Decimal = Decimal("3.60")
+    rssi: int = -75
+    backlog: list[tuple[datetime, Decimal]] = field(default_factory=list)
+    silent_for: int = 0
+
+    def advance(self, start: datetime, end: datetime) -> Decimal:
+        if self.valve == "open":
+            self.register += self.profile.use_m3(start, end, self.rng)
+            if self.register > self.register_max:  # the register wraps like the mechanical one
+                self.register -= self.register_max + Decimal("0.001")
+        return self.register
+
+
+Encoder = Callable[[VirtualMeter, list[tuple[datetime, Decimal]]], tuple[str, bytes]]
+
+
+def native_json(prefix: str = "meters") -> Encoder:
+    def encode(meter: VirtualMeter, readings: list[tuple[datetime, Decimal]]) -> tuple[str, bytes]:
+        if len(readings) == 1:
+            ts, volume = readings[0]
+            doc: dict[str, object] = {
+                "meter": meter.meter_no,
+                "ts": ts.isoformat(),
+                "volume_m3": str(volume),
+                "valve": meter.valve,
+                "battery_v": str(meter.battery_v),
+                "rssi": meter.rssi,
+            }
+        else:
+            doc = {
+                "meter": meter.meter_no,
+                "readings": [{"ts": int(ts.timestamp()), "volume_m3": str(v)} for ts, v in readings],
+                "valve": meter.valve,
+                "battery_v": str(meter.battery_v),
+            }
+        return f"{prefix}/{meter.meter_no}/up", json.dumps(doc).encode()
+
+    return encode
+
+
+def huawei_json() -> Encoder:
+    """Huawei IoTDA property reports, as the json_mapping driver's huawei sample expects them."""
+
+    def encode(meter: VirtualMeter, readings: list[tuple[datetime, Decimal]]) -> tuple[str, bytes]:
+        services = [
+            {
+                "service_id": "GasMeter",
+                "properties": {
+                    "totalVolume": float(volume),
+                    "valveStatus": {"open": 0, "closed": 1}.get(meter.valve, 2),
+                    "batteryVoltage": int(meter.battery_v * 1000),
+                    "signalStrength": meter.rssi,
+                },
+                "event_time": ts.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ"),
+            }
+            for ts, volume in readings
+        ]
+        return f"$oc/devices/{meter.meter_no}/sys/properties/report", json.dumps({"services": services}).encode()
+
+    return encode
+
+
+class Fleet:
+    """Virtual meters on a simulated clock that may run faster than the wall clock."""
+
+    def __init__(
+        self,
+        size: int,
+        encoder: Encoder,
+        interval: timedelta = timedelta(hours=1),
+        readings_per_message: int = 1,
+        faults: Faults | None = None,
+        seed: int = 1,
+        first_meter: int = 1,
+        start: datetime | None = None,
+    ) -> None:
+        self.encoder = encoder
+        self.interval = interval
+        self.readings_per_message = readings_per_message
+        self.faults = faults or Faults()
+        self.rng = random.Random(seed)
+        self.now = (start or datetime.now(UTC)).replace(microsecond=0)
+        self.meters = [self._make(i) for i in range(first_meter, first_meter + size)]
+        self._held: list[tuple[float, str, bytes]] = []  # (send after, topic, payload) for late data
+
+    def _make(self, n: int) -> VirtualMeter:
+        rng = random.Random(self.rng.random())
+        register_max = Decimal("99999.999")
+        near_max = rng.random() < self.faults.rollover_share
+        register = register_max - Decimal("0.500") if near_max else Decimal(rng.randint(0, 5000)) + Decimal("0.125")
+        skew = timedelta(seconds=rng.uniform(-1, 1) * self.faults.clock_skew_s)
+        kind = "commercial" if n % 20 == 0 else "residential"
+        return VirtualMeter(f"M{n:08d}", f"{n:014d}", GasProfile.draw(rng, kind), register, register_max, skew, rng)
+
+    def tick(self) -> Iterator[tuple[str, bytes]]:
+        """Advance the simulated clock by one interval; yield the messages the fleet sends."""
+        start, self.now = self.now, self.now + self.interval
+        f = self.faults
+        for meter in self.meters:
+            volume = meter.advance(start, self.now)
+            meter.backlog.append((self.now + meter.skew, volume))
+            if meter.silent_for == 0 and f.outage_intervals and self.rng.random() < f.outage_share / 10:
+                meter.silent_for = f.outage_intervals
+            if meter.silent_for:
+                meter.silent_for -= 1
+                continue
+            if len(meter.backlog) < self.readings_per_message and not f.outage_intervals:
+                continue
+            topic, payload = self.encoder(meter, meter.backlog)
+            meter.backlog = []
+            yield from self._with_faults(topic, payload)
+
+    def _with_faults(self, topic: str, payload: bytes) -> Iterator[tuple[str, bytes]]:
+        f, rng = self.faults, self.rng
+        if rng.random() < f.garbage:
+            yield topic, bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 40)))
+            return
+        if rng.random() < f.late:
+            self._held.append((time.monotonic() + f.late_by_s, topic, payload))
+            return
+        if rng.random() < f.out_of_order:
+            self._held.append((0.0, topic, payload))  # goes out after the next message
+            return
+        yield topic, payload
+        if rng.random() < f.duplicate:
+            yield topic, payload
+        now = time.monotonic()
+        due = [h for h in self._held if h[0] <= now]
+        self._held = [h for h in self._held if h[0] > now]
+        for _, held_topic, held_payload in due:
+            yield held_topic, held_payload
+
+    def flush_held(self) -> Iterator[tuple[str, bytes]]:
+        held, self._held = self._held, []
+        for _, topic, payload in held:
+            yield topic, payload
+
+
+class FleetRunner:
+    """Publishes a fleet over MQTT at `speed` × real time and answers native JSON downlinks."""
+
+    def __init__(
+        self, fleet: Fleet, host: str, port: int, speed: float = 1.0, mqtt5: bool = True, prefix: str = "meters"
+    ) -> None:
+        self.fleet = fleet
+        self.speed = speed
+        self.prefix = prefix
+        self.sent = 0
+        self.acknowledged = 0
+        self._stop = threading.Event()
+        self._by_no = {m.meter_no: m for m in fleet.meters}
+        protocol = mqtt.MQTTv5 if mqtt5 else mqtt.MQTTv311
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"meterhub-sim-{id(self):x}", protocol=protocol
+        )
+        self.client.max_inflight_messages_set(1000)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_downlink
+        self.client.on_publish = self._on_publish
+        self.client.connect(host, port)
+
+    def _on_publish(self, *args: object) -> None:
+        self.acknowledged += 1
+
+    def _on_connect(self, client: mqtt.Client, *args: object) -> None:
+        client.subscribe(f"{self.prefix}/+/down", qos=1)
+
+    def _on_downlink(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        meter = self._by_no.get(message.topic.split("/")[-2])
+        if meter is None:
+            return
+        try:
+            command = json.loads(message.payload)
+            kind = command["cmd"]
+        except (ValueError, KeyError, TypeError):
+            return
+        ok = kind in ("valve_open", "valve_close", "valve_arm", "read")
+        if kind == "valve_close":
+            meter.valve = "closed"
+        elif kind in ("valve_open", "valve_arm"):
+            meter.valve = "open"
+        reply = {
+            "id": command.get("id"),
+            "ok": ok,
+            "valve": meter.valve,
+            "volume_m3": str(meter.register),
+            "ts": self.fleet.now.isoformat(),
+        }
+        client.publish(f"{self.prefix}/{meter.meter_no}/reply", json.dumps(reply), qos=1)
+
+    def run(self, ticks: int | None = None) -> int:
+        self.client.loop_start()
+        period = self.fleet.interval.total_seconds() / self.speed
+        done = 0
+        next_at = time.monotonic()
+        try:
+            while not self._stop.is_set() and (ticks is None or done < ticks):
+                for topic, payload in self.fleet.tick():
+                    self.client.publish(topic, payload, qos=1)
+                    self.sent += 1
+                done += 1
+                next_at += period
+                self._stop.wait(max(0.0, next_at - time.monotonic()))
+            for topic, payload in self.fleet.flush_held():
+                self.client.publish(topic, payload, qos=1)
+                self.sent += 1
+            deadline = time.monotonic() + 60
+            while self.acknowledged < self.sent and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            self.client.loop_stop()
+        return self.sent
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,196 @@
+"""Meters → broker → collector → PostgreSQL, through a real broker and a real database."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from collector.mqtt import MqttIngest
+from collector.routes import build_routes
+from meterhub.broker import BrokerAddress
+from meterhub.settings import CollectorSettings
+from meterhub.store import Store
+from tests.collector.helpers import (
+    T0,
+    Publisher,
+    collector_settings,
+    hourly_series,
+    reading_payload,
+    unique,
+    wait_until,
+)
+from tests.meterhub.factories import make_meter
+
+
+def count(store: Store, sql: str, params: list[Any] | None = None) -> Any:
+    with store.connection() as conn:
+        row = conn.execute(sql, params or []).fetchone()
+    assert row is not None
+    return row[0] if len(row) == 1 else row
+
+
+class Running:
+    def __init__(self, store: Store, broker: BrokerAddress, settings: CollectorSettings) -> None:
+        self.ingest = MqttIngest(broker, settings, store, build_routes(settings.routes))
+        self.ingest.start()
+        assert self.ingest.connected.wait(10), "collector did not connect"
+
+    def settle(self, received: int, timeout: float = 60) -> dict[str, Any]:
+        """Wait until `received` messages are in and none is in flight; return the counters."""
+
+        def done() -> bool:
+            snap = self.ingest.counters.snapshot()
+            return snap["messages_received"] >= received and snap["messages_in_flight"] == 0
+
+        wait_until(done, timeout, f"{received} messages committed")
+        return self.ingest.counters.snapshot()
+
+
+@pytest.fixture
+def topic() -> str:
+    return unique("t")
+
+
+@pytest.fixture
+def run(store: Store, mqtt_broker: BrokerAddress, topic: str) -> Iterator[Any]:
+    started: list[Running] = []
+
+    def start(**overrides: Any) -> Running:
+        running = Running(store, mqtt_broker, collector_settings(topic, **overrides))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.ingest.stop()
+
+
+@pytest.fixture
+def publisher(mqtt_broker: BrokerAddress) -> Iterator[Publisher]:
+    pub = Publisher(mqtt_broker)
+    yield pub
+    pub.close()
+
+
+def meters(store: Store, n: int) -> list[str]:
+    with store.transaction(actor="setup") as conn:
+        for i in range(1, n + 1):
+            make_meter(conn, i)
+    return [f"M{i:08d}" for i in range(1, n + 1)]
+
+
+def test_readings_land_exactly_once_even_when_sent_twice(
+    store: Store, run: Any, publisher: Publisher, topic: str
+) -> None:
+    nos = meters(store, 3)
+    collector = run()
+    sent = [(f"{topic}/{no}/up", reading_payload(no, ts, v)) for no in nos for ts, v in hourly_series(T0, 100)]
+    publisher.publish(sent)
+    publisher.publish(sent[:50])  # a meter repeating itself after a lost ack
+    snap = collector.settle(350)
+    assert count(store, "SELECT count(*) FROM reading WHERE channel = 'volume_m3'") == 300
+    assert (snap["readings_stored"], snap["readings_duplicate"], snap["messages_rejected"]) == (300, 50, 0)
+    assert snap["messages_received"] == snap["messages_committed"] == 350
+    last = count(
+        store, "SELECT value FROM reading WHERE meter_id = 1 AND channel = 'volume_m3' ORDER BY ts DESC LIMIT 1"
+    )
+    assert last == Decimal("112.375")  # 100 + 99 × 0.125, exact
+
+
+def test_a_batch_payload_of_a_day_of_quarter_hours(store: Store, run: Any, publisher: Publisher, topic: str) -> None:
+    (no,) = meters(store, 1)
+    collector = run()
+    readings = [
+        {"ts": int((T0 + timedelta(minutes=15 * i)).timestamp()), "volume_m3": f"{500 + i * 0.01:.3f}"}
+        for i in range(96)
+    ]
+    publisher.publish([(f"{topic}/{no}/up", json.dumps({"meter": no, "readings": readings}))])
+    collector.settle(1)
+    rows = count(
+        store,
+        "SELECT count(*), min(ts), max(ts), min(value), max(value) FROM reading WHERE channel = 'volume_m3'",
+    )
+    assert rows == (96, T0, T0 + timedelta(minutes=15 * 95), Decimal("500.000"), Decimal("500.950"))
+
+
+def test_malformed_payloads_are_dead_lettered_and_do_not_block(
+    store: Store, run: Any, publisher: Publisher, topic: str
+) -> None:
+    (no,) = meters(store, 1)
+    collector = run()
+    garbage = b"\x68\x30\xff not json at all"
+    publisher.publish(
+        [
+            (f"{topic}/{no}/up", garbage),
+            (f"{topic}/{no}/up", json.dumps({"meter": no, "ts": "yesterday", "volume_m3": 1})),
+            (f"{topic}/{no}/up", reading_payload(no, T0, Decimal("1.5"))),
+        ]
+    )
+    snap = collector.settle(3)
+    assert snap["messages_rejected"] == 2 and snap["messages_committed"] == 1
+    assert count(store, "SELECT count(*) FROM reading") == 1
+    with store.connection() as conn:
+        rejected = conn.execute("SELECT raw, reason, topic, source FROM rejected_frame ORDER BY id").fetchall()
+    assert rejected[0][0] == garbage  # the bytes as they arrived
+    assert rejected[0][2] == f"{topic}/{no}/up" and rejected[0][3] == "mqtt"
+    assert all(reason for _, reason, _, _ in rejected)
+
+
+def test_unknown_meter_is_quarantined(store: Store, run: Any, publisher: Publisher, topic: str) -> None:
+    collector = run()
+    publisher.publish([(f"{topic}/GHOST1/up", reading_payload("GHOST1", T0, Decimal("7")))])
+    snap = collector.settle(1)
+    assert snap["rejected_by_reason"] == {"unknown_meter": 1}
+    assert count(store, "SELECT reason, meter_no FROM rejected_frame") == ("unknown_meter", "GHOST1")
+    assert count(store, "SELECT count(*) FROM reading") == 0
+
+
+def test_unknown_meter_is_provisioned_when_configured(store: Store, run: Any, publisher: Publisher, topic: str) -> None:
+    collector = run(unknown_meter="auto_provision")
+    publisher.publish([(f"{topic}/NEW0001/up", reading_payload("NEW0001", T0, Decimal("7.25")))])
+    collector.settle(1)
+    assert count(store, "SELECT driver_key, status FROM meter WHERE meter_no = 'NEW0001'") == (
+        "native_json",
+        "installed",
+    )
+    assert count(store, "SELECT value FROM reading") == Decimal("7.25")
+
+
+def test_meter_state_and_valve_are_kept_current(store: Store, run: Any, publisher: Publisher, topic: str) -> None:
+    (no,) = meters(store, 1)
+    collector = run()
+    publisher.publish(
+        [
+            (f"{topic}/{no}/up", reading_payload(no, T0, Decimal("10"), valve="open", battery_v=3.6, rssi=-71)),
+            (
+                f"{topic}/{no}/up",
+                reading_payload(no, T0 + timedelta(hours=1), Decimal("11"), valve="closed", battery_v=3.1, rssi=-90),
+            ),
+        ]
+    )
+    collector.settle(2)
+    state = count(store, "SELECT last_volume_m3, valve_reported, battery_v, rssi_dbm FROM meter_state")
+    assert state == (Decimal("11"), "closed", Decimal("3.10"), -90)
+    assert count(store, "SELECT valve_state FROM meter") == "closed"
+    who = count(store, "SELECT changed_by, new_values FROM change_history WHERE table_name = 'meter' AND op = 'update'")
+    assert who == ("collector", {"valve_state": "closed"})
+    assert count(store, "SELECT count(*) FROM meter_event WHERE kind = 'battery_low'") >= 1
+
+
+def test_counters_add_up(store: Store, run: Any, publisher: Publisher, topic: str) -> None:
+    nos = meters(store, 2)
+    collector = run()
+    good = [(f"{topic}/{no}/up", reading_payload(no, ts, v)) for no in nos for ts, v in hourly_series(T0, 40)]
+    bad = [(f"{topic}/{nos[0]}/up", b"{")] * 5
+    publisher.publish(good + bad + good[:10])
+    snap = collector.settle(95)
+    assert (
+        snap["messages_received"] == snap["messages_committed"] + snap["messages_rejected"] + snap["messages_in_flight"]
+    )
+    assert snap["readings_decoded"] == snap["readings_stored"] + snap["readings_duplicate"] + snap["readings_pending"]
+    assert (snap["readings_stored"], snap["readings_duplicate"], snap["messages_rejected"]) == (80, 10, 5)
