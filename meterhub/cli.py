@@ -181,7 +181,7 @@ app.add_typer(simulate_app, name="simulate")
 @simulate_app.command("mqtt")
 def simulate_mqtt(
     meters: Annotated[int, typer.Option(min=1, help="Fleet size.")] = 100,
-    protocol: Annotated[str, typer.Option(help="native, huawei")] = "native",
+    protocol: Annotated[str, typer.Option(help="native, huawei, cjt188")] = "native",
     interval_s: Annotated[float, typer.Option(min=1, help="Simulated seconds between readings.")] = 900,
     per_message: Annotated[int, typer.Option(min=1, help="Readings per message (NB-IoT batches: 96).")] = 1,
     speed: Annotated[float, typer.Option(min=0.001, help="Simulated time per real time.")] = 1.0,
@@ -199,13 +199,13 @@ def simulate_mqtt(
     from datetime import timedelta
 
     from meterhub.broker import BrokerAddress
-    from simulators.mqtt_fleet import Faults, Fleet, FleetRunner, huawei_json, native_json
+    from simulators.mqtt_fleet import Faults, Fleet, FleetRunner, cjt188_push, huawei_json, native_json
 
     settings = _settings()
     if not settings.mqtt.url:
         errors.print("[red]error:[/red] mqtt.url (METERHUB_MQTT_URL) is not set: which broker?")
         raise typer.Exit(2)
-    encoders = {"native": native_json(), "huawei": huawei_json()}
+    encoders = {"native": native_json(), "huawei": huawei_json(), "cjt188": cjt188_push()}
     if protocol not in encoders:
         errors.print(f"[red]error:[/red] --protocol must be one of {', '.join(encoders)}")
         raise typer.Exit(2)

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 
+import drivers
 from collector.mqtt import MqttIngest
 from collector.routes import build_routes
 from meterhub.broker import BrokerAddress
-from meterhub.settings import CollectorSettings
+from meterhub.settings import CollectorSettings, MqttRoute
 from meterhub.store import Store
+from simulators.mqtt_fleet import Fleet, cjt188_push, huawei_json
 from tests.collector.helpers import (
     T0,
     Publisher,
@@ -194,3 +199,68 @@ def test_counters_add_up(store: Store, run: Any, publisher: Publisher, topic: st
     )
     assert snap["readings_decoded"] == snap["readings_stored"] + snap["readings_duplicate"] + snap["readings_pending"]
     assert (snap["readings_stored"], snap["readings_duplicate"], snap["messages_rejected"]) == (80, 10, 5)
+
+
+def test_cjt188_frames_tunnelled_over_mqtt_are_stored_and_acknowledged(
+    store: Store, mqtt_broker: BrokerAddress, topic: str, publisher: Publisher
+) -> None:
+    with store.transaction(actor="setup") as conn:
+        for i in range(1, 4):
+            make_meter(conn, i, driver_key="cjt188")
+            conn.execute("UPDATE meter SET protocol_address = %s WHERE meter_no = %s", [f"{i:014d}", f"M{i:08d}"])
+    route = MqttRoute(
+        filter=f"{topic}/+/up",
+        driver="cjt188",
+        settings={"topic": f"{topic}/+/up"},
+        response_topic=f"{topic}/{{1}}/down",
+    )
+    settings = collector_settings(topic, routes=[route])
+    acks: list[bytes] = []
+    listener = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    listener.on_message = lambda c, u, m: acks.append(m.payload)
+    listener.connect(mqtt_broker.host, mqtt_broker.port)
+    listener.subscribe(f"{topic}/+/down", qos=1)
+    listener.loop_start()
+    collector = Running(store, mqtt_broker, settings)
+    try:
+        fleet = Fleet(3, cjt188_push(prefix=topic), timedelta(hours=1), start=T0)
+        sent = [m for _ in range(4) for m in fleet.tick()]
+        publisher.publish(sent)
+        collector.settle(len(sent))
+        wait_until(lambda: len(acks) == len(sent), 10, "an ack for every push")
+    finally:
+        collector.ingest.stop()
+        listener.loop_stop()
+        listener.disconnect()
+    with store.connection() as conn:
+        rows = conn.execute(
+            "SELECT m.protocol_address, r.ts, r.value FROM reading r JOIN meter m ON m.id = r.meter_id "
+            "WHERE channel = 'volume_m3' ORDER BY 1, 2"
+        ).fetchall()
+    expected = sorted((meter.address, T0 + timedelta(hours=h), None) for meter in fleet.meters for h in range(1, 5))
+    assert [(a, ts) for a, ts, _ in rows] == [(a, ts) for a, ts, _ in expected]
+    last = {a: v for a, _, v in rows}
+    for meter in fleet.meters:  # the register at the last push, to the hundredth the frame carries
+        assert last[meter.address] == meter.register.quantize(Decimal("0.01"), rounding="ROUND_DOWN")
+    frames = [bytes.fromhex(ack.decode()).lstrip(b"\xfe") for ack in acks]  # hex text, like the pushes
+    assert all(f[0] == 0x68 and f[9] == 0x84 for f in frames)  # 84: the master's answer to a function 04 push
+
+
+def test_huawei_mapped_reports_through_the_collector(
+    store: Store, mqtt_broker: BrokerAddress, topic: str, publisher: Publisher
+) -> None:
+    meters(store, 2)
+    sample = tomllib.loads((Path(drivers.__file__).parent / "json_mapping/samples/huawei.toml").read_text())
+    sample["topic"] = f"{topic}/devices/{{meter}}/sys/properties/report"
+    route = MqttRoute(filter=f"{topic}/devices/+/sys/properties/report", driver="json_mapping", settings=sample)
+    collector = Running(store, mqtt_broker, collector_settings(topic, routes=[route]))
+    try:
+        fleet = Fleet(2, huawei_json(prefix=topic), timedelta(hours=1), start=T0)
+        sent = [m for _ in range(3) for m in fleet.tick()]
+        publisher.publish(sent)
+        snap = collector.settle(len(sent))
+    finally:
+        collector.ingest.stop()
+    assert snap["messages_rejected"] == 0
+    assert count(store, "SELECT count(*) FROM reading WHERE channel = 'volume_m3'") == 6
+    assert count(store, "SELECT count(*) FROM meter_state WHERE valve_reported = 'open'") == 2
