@@ -1,0 +1,1 @@
+"""Billing: consumption, validation (VEE), estimation, tariffs, bill runs and the ledger."""
