@@ -40,7 +40,7 @@ def tables(url: str) -> set[str]:
 def test_migrate_from_empty_then_rerun_is_a_noop(database_factory: Callable[[], str], tmp_path: Path) -> None:
     url = database_factory()
     with Store(settings_for(url, tmp_path)) as store:
-        assert store.migrate() == ["0001_core", "0002_reading (native)", "0003_collector"]
+        assert store.migrate() == ["0001_core", "0002_reading (native)", "0003_collector", "0004_billing_reading"]
         assert tables(url) >= EXPECTED_TABLES
         assert store.migrate() == []
         states = store.migration_status()
@@ -66,7 +66,7 @@ def test_concurrent_migrations_apply_once(database_factory: Callable[[], str], t
     for t in threads:
         t.join()
     applied = [name for result in results for name in result]
-    assert sorted(applied) == ["0001_core", "0002_reading (native)", "0003_collector"]
+    assert sorted(applied) == ["0001_core", "0002_reading (native)", "0003_collector", "0004_billing_reading"]
 
 
 def test_failed_migration_leaves_nothing_half_applied(database_factory: Callable[[], str]) -> None:
