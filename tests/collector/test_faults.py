@@ -112,6 +112,7 @@ settings = {{ topic_prefix = "{topic}" }}
             encoding="utf-8",
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("METERHUB_")}
+        self.config, self.env = config, env
         self.log = open(tmp_path / f"{client_id}-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "meterhub", "--config", str(config), "collect"],
@@ -242,6 +243,16 @@ def test_broker_restart_loses_nothing(
     keys = stored_keys(url)
     assert len(keys) == len(expected)
     assert set(keys) == expected
+    status = subprocess.run(
+        [sys.executable, "-m", "meterhub", "--config", str(collector.config), "collect", "--status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**collector.env, "COLUMNS": "250"},
+    )
+    assert status.returncode == 0, status.stderr
+    assert client_id in status.stdout and "stopped" in status.stdout
+    assert "3000" in status.stdout  # messages received and readings stored, as the process counted them
 
 
 def test_two_collectors_share_the_load_without_loss_or_duplicates(store: Store, mqtt_broker: BrokerAddress) -> None:
