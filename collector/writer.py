@@ -40,18 +40,30 @@ def write_batch(store: Store, batch: Batch) -> WriteResult:
 
 
 def _copy_readings(conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> int:
+    """COPY straight into `reading`; when a row is already there (a re-delivery), redo the batch
+    through a staging table with ON CONFLICT DO NOTHING. Returns the rows that are new."""
+    try:
+        with conn.transaction():  # a savepoint: a duplicate aborts only this attempt
+            _copy(conn, "reading", rows)
+        return len(rows)
+    except psycopg.errors.UniqueViolation:
+        pass
     conn.execute(
         "CREATE TEMP TABLE IF NOT EXISTS ingest_reading (LIKE reading INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
     )
-    with conn.cursor().copy(f"COPY ingest_reading ({READING_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(READING_TYPES)
-        for row in rows:
-            copy.write_row(row)
+    _copy(conn, "ingest_reading", rows)
     cursor = conn.execute(
         f"INSERT INTO reading ({READING_COLUMNS}) SELECT {READING_COLUMNS} FROM ingest_reading "
         "ON CONFLICT (meter_id, channel, ts) DO NOTHING"
     )
     return max(cursor.rowcount, 0)
+
+
+def _copy(conn: psycopg.Connection[Any], table: str, rows: list[tuple[Any, ...]]) -> None:
+    with conn.cursor().copy(f"COPY {table} ({READING_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(READING_TYPES)
+        for row in rows:
+            copy.write_row(row)
 
 
 def _insert_events(conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> int:
@@ -73,14 +85,23 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=str)
 
 
+STATE_COLUMNS = (
+    "meter_id, last_seen_at, last_reading_at, last_volume_m3, valve_reported, valve_reported_at, battery_v, rssi_dbm"
+)
+STATE_TYPES = ["bigint", "timestamptz", "timestamptz", "numeric", "text", "timestamptz", "numeric", "int2"]
+
+
 def _update_states(conn: psycopg.Connection[Any], batch: Batch) -> None:
-    # Sorted by meter so that concurrent collectors lock rows in the same order.
-    rows = [batch.states[m].row(m) for m in sorted(batch.states)]
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS ingest_state (LIKE meter_state) ON COMMIT DELETE ROWS")
+    with conn.cursor().copy(f"COPY ingest_state ({STATE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(STATE_TYPES)
+        for meter_id in sorted(batch.states):
+            copy.write_row(batch.states[meter_id].row(meter_id))
     with conn.cursor() as cursor:
-        cursor.executemany(
-            """INSERT INTO meter_state AS s (meter_id, last_seen_at, last_reading_at, last_volume_m3,
-                                             valve_reported, valve_reported_at, battery_v, rssi_dbm)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+        # Ordered by meter so that concurrent collectors lock rows in the same order.
+        cursor.execute(
+            f"""INSERT INTO meter_state AS s ({STATE_COLUMNS})
+               SELECT {STATE_COLUMNS} FROM ingest_state ORDER BY meter_id
                ON CONFLICT (meter_id) DO UPDATE SET
                  last_seen_at = greatest(s.last_seen_at, EXCLUDED.last_seen_at),
                  last_reading_at = CASE WHEN EXCLUDED.last_reading_at > s.last_reading_at
@@ -96,8 +117,7 @@ def _update_states(conn: psycopg.Connection[Any], batch: Batch) -> None:
                                         ELSE s.valve_reported END,
                  valve_reported_at = greatest(s.valve_reported_at, EXCLUDED.valve_reported_at),
                  battery_v = coalesce(EXCLUDED.battery_v, s.battery_v),
-                 rssi_dbm = coalesce(EXCLUDED.rssi_dbm, s.rssi_dbm)""",
-            rows,
+                 rssi_dbm = coalesce(EXCLUDED.rssi_dbm, s.rssi_dbm)"""
         )
         # A reported valve change updates the meter itself, and so its change history. The newest report
         # wins; an armed valve still reports closed until the customer opens it on site.

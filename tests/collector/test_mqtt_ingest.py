@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -15,7 +16,9 @@ import pytest
 
 import drivers
 from collector.mqtt import MqttIngest
-from collector.routes import build_routes
+from collector.routes import Route, build_routes
+from drivers import registry
+from drivers.base import Capability, Command, Decoded, Transport, Uplink
 from meterhub.broker import BrokerAddress
 from meterhub.settings import CollectorSettings, MqttRoute
 from meterhub.store import Store
@@ -264,3 +267,53 @@ def test_huawei_mapped_reports_through_the_collector(
     assert snap["messages_rejected"] == 0
     assert count(store, "SELECT count(*) FROM reading WHERE channel = 'volume_m3'") == 6
     assert count(store, "SELECT count(*) FROM meter_state WHERE valve_reported = 'open'") == 2
+
+
+class NulChannelDriver:
+    """Decodes like native JSON, but a payload saying "poison" yields a row the database refuses."""
+
+    key = "test_poison"
+    transports = frozenset({Transport.MQTT})
+    capabilities = Capability.READ
+    topics: tuple[str, ...] = ()
+
+    def __init__(self, prefix: str) -> None:
+        self.inner = registry.create("native_json", {"topic_prefix": prefix})
+
+    def decode(self, uplink: Uplink) -> Decoded:
+        decoded = self.inner.decode(uplink)
+        if b"poison" in uplink.payload:
+            decoded.readings = [replace(r, channel="volume\x00m3") for r in decoded.readings]
+        return decoded
+
+    def encode(self, command: Command) -> bytes:
+        raise NotImplementedError
+
+
+def test_a_message_the_store_refuses_is_dead_lettered_and_the_rest_are_stored(
+    store: Store, mqtt_broker: BrokerAddress, publisher: Publisher, topic: str
+) -> None:
+    (no,) = meters(store, 1)
+    settings = collector_settings(topic)
+    routes = [Route(f"{topic}/+/up", "native_json", NulChannelDriver(topic))]
+    ingest = MqttIngest(mqtt_broker, settings, store, routes)
+    ingest.start()
+    assert ingest.connected.wait(10)
+    try:
+        good = [(f"{topic}/{no}/up", reading_payload(no, ts, v)) for ts, v in hourly_series(T0, 20)]
+        poison = (f"{topic}/{no}/up", reading_payload(no, T0 - timedelta(days=1), Decimal(1), note="poison"))
+        publisher.publish([*good[:10], poison, *good[10:]])
+        wait_until(
+            lambda: (
+                ingest.counters.snapshot()["messages_in_flight"] == 0
+                and ingest.counters.snapshot()["messages_received"] == 21
+            ),
+            30,
+            "all 21 messages",
+        )
+    finally:
+        ingest.stop()
+    assert count(store, "SELECT count(*) FROM reading") == 20
+    assert count(store, "SELECT reason FROM rejected_frame") == "store_refused"
+    snap = ingest.counters.snapshot()
+    assert (snap["messages_committed"], snap["messages_rejected"], snap["readings_pending"]) == (20, 1, 0)
