@@ -142,7 +142,8 @@ def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerAddr
             _unavailable(f"MQTT broker at METERHUB_TEST_MQTT_URL does not answer: {exc}")
         yield address
         return
-    broker = start_local_broker(workdir=tmp_path_factory.mktemp("mqtt"))
+    prefer = os.environ.get("METERHUB_TEST_BROKER", "mosquitto")  # "embedded": the amqtt broker
+    broker = start_local_broker(prefer=prefer, workdir=tmp_path_factory.mktemp("mqtt"))
     try:
         yield broker.address
     finally:
