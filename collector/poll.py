@@ -1,0 +1,306 @@
+"""The poller: field buses polled on schedule, frames into the same batches as MQTT uplinks.
+
+Threads: one asyncio loop runs a task per bus; a writer thread turns what the buses received into
+batches (readings, events, dead letters) and writes them with `write_batch`, retrying while the
+store is unavailable. The loop never touches the store.
+
+Per bus, one request at a time: the device due longest is polled next (earliest due first, so an
+overloaded bus still shares its time fairly). A device that fails `offline_after` polls in a row is
+raised as an `offline` event once and backed off exponentially (up to `backoff_max_s`); it costs the
+bus at most its timeout × (retries + 1) per attempt. TCP Modbus endpoints are buses of their own and
+so are polled concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from collector.batch import Batch
+from collector.counters import Counters
+from collector.meters import MeterDirectory
+from collector.mqtt import is_retryable
+from collector.poll_devices import Cjt188Reader, Frame, MbusReader, ModbusReader, PollResult, Target
+from collector.poll_plan import BusPlan, PlannedDevice
+from collector.writer import WriteResult, write_batch
+from drivers.base import Decoded, EventKind, MeterEvent
+from drivers.cjt188.settings import Workarounds
+from drivers.transports.modbus import ModbusLink, SerialParams
+from drivers.transports.serial_line import SerialLine, TcpSerialLine
+from drivers.transports.wire import rtu_silence_s
+from meterhub.poller_settings import PollBus, PollerSettings
+from meterhub.store import Store
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX_AGE_S = 0.2
+BATCH_MAX_ROWS = 20000
+
+
+@dataclass
+class DeviceState:
+    planned: PlannedDevice
+    order: int
+    next_due: float
+    failures: int = 0
+    offline: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    target: Target
+    source: str
+    frame: Frame
+
+
+class Poller:
+    def __init__(
+        self,
+        settings: PollerSettings,
+        store: Store,
+        plan: list[BusPlan],
+        counters: Counters | None = None,
+        directory: MeterDirectory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.plan = plan
+        self.counters = counters or Counters()
+        self.directory = directory or MeterDirectory(store)
+        self.stats: Counter[str] = Counter()  # polls_ok, polls_failed, offline_events, bus_errors
+        self.devices: dict[str, DeviceState] = {}
+        self._inbox: queue.Queue[Received | None] = queue.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- life -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # failures are counted and logged here
+        self.directory.load()
+        self._threads = [
+            threading.Thread(target=self._run_loop, name="poller-loop", daemon=True),
+            threading.Thread(target=self._write_loop, name="poller-write", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        self._started.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop polling, then commit everything received."""
+        if self._loop is not None and self._stop_event is not None:
+            self._loop.call_soon_threadsafe(self._stop_event.set)
+        self._threads[0].join(timeout)
+        self._inbox.put(None)
+        self._threads[1].join(timeout)
+
+    def _run_loop(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        tasks = [asyncio.create_task(self._run_bus(plan), name=f"bus-{plan.bus.name}") for plan in self.plan]
+        self._started.set()
+        await self._stop_event.wait()
+        _, pending = await asyncio.wait(tasks, timeout=5)  # a poll in progress finishes (≤ its timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- buses ------------------------------------------------------------------------------------
+    def _reader(self, bus: PollBus) -> tuple[Any, Any]:
+        timeout = bus.timeout_s or self.settings.timeout_s
+        retries = self.settings.retries if bus.retries is None else bus.retries
+        serial = SerialParams(bus.baudrate, bus.bytesize, bus.parity, bus.stopbits)
+        if bus.protocol == "modbus":
+            framer = bus.modbus_framer
+            link = ModbusLink(
+                host=bus.host, port=bus.port or 502, device=bus.device, framer=framer, serial=serial, timeout_s=timeout
+            )
+            silence = 0.0
+            if bus.shared_line:
+                silence = bus.silence_ms / 1000 if bus.silence_ms is not None else rtu_silence_s(bus.baudrate)
+            return link, ModbusReader(link, retries, silence)
+        silence_s = bus.silence_ms / 1000 if bus.silence_ms is not None else None
+        line: SerialLine
+        if bus.device is not None:
+            line = SerialLine(bus.device, bus.baudrate, bus.bytesize, bus.parity, bus.stopbits, silence_s)
+        else:
+            assert bus.host is not None and bus.port is not None
+            line = TcpSerialLine(bus.host, bus.port, silence_s if silence_s is not None else 0.005, bus.baudrate)
+        if bus.protocol == "cjt188":
+            return line, Cjt188Reader(line, timeout, retries, Workarounds(preamble=bus.preamble))
+        return line, MbusReader(line, timeout, retries)
+
+    async def _run_bus(self, plan: BusPlan) -> None:
+        connection, reader = self._reader(plan.bus)
+        now = time.monotonic()
+        states = []
+        for order, planned in enumerate(plan.devices):
+            state = DeviceState(planned, order, now + random.uniform(0, planned.interval_s * self.settings.jitter))
+            states.append(state)
+            self.devices[planned.target.meter_no] = state
+        stop = self._stop_event
+        assert stop is not None
+        try:
+            # The stop flag, not only cancellation: a client library may swallow a CancelledError.
+            while not stop.is_set():
+                now = time.monotonic()
+                state = min(states, key=lambda s: (s.next_due, s.order))
+                if state.next_due > now:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), state.next_due - now)
+                    continue
+                await self._poll(plan.bus, connection, reader, state)
+        finally:
+            connection.close()
+
+    async def _poll(self, bus: PollBus, connection: Any, reader: Any, state: DeviceState) -> None:
+        target = state.planned.target
+        source = f"{bus.protocol}:{connection.endpoint}/{target.address}"
+        try:
+            result: PollResult = await reader.poll(target)
+        except (ConnectionError, OSError) as exc:
+            result = PollResult(error=f"{type(exc).__name__}: {exc}")
+            self.stats["bus_errors"] += 1
+            connection.close()
+        except Exception as exc:  # a bug must not stop the bus; the device counts as failed
+            log.exception("poll failed", extra={"meter_no": target.meter_no, "bus": bus.name})
+            result = PollResult(error=f"{type(exc).__name__}: {exc}")
+        for frame in result.frames:
+            self.counters.add(messages_received=1)
+            self._inbox.put(Received(target, source, frame))
+        if self._stop_event is not None and self._stop_event.is_set() and not result.answered:
+            return  # interrupted by the stop, not the device's fault
+        self._schedule(bus, state, result, source)
+
+    def _schedule(self, bus: PollBus, state: DeviceState, result: PollResult, source: str) -> None:
+        interval = state.planned.interval_s
+        jitter = self.settings.jitter
+        now = time.monotonic()
+        if result.answered:
+            self.stats["polls_ok"] += 1
+            if state.offline:
+                log.info("device answers again", extra={"meter_no": state.planned.target.meter_no, "bus": bus.name})
+            state.failures, state.offline = 0, False
+            state.next_due = max(state.next_due + interval * random.uniform(1 - jitter, 1 + jitter), now)
+            return
+        self.stats["polls_failed"] += 1
+        state.failures += 1
+        excess = state.failures - self.settings.offline_after
+        if excess >= 0 and not state.offline:
+            state.offline = True
+            self.stats["offline_events"] += 1
+            target = state.planned.target
+            log.warning("device offline", extra={"meter_no": target.meter_no, "bus": bus.name, "error": result.error})
+            ts = datetime.now(UTC)
+            detail = {"bus": bus.name, "address": target.address, "failures": state.failures, "error": result.error}
+            event = MeterEvent(target.meter_no, EventKind.OFFLINE, ts, detail)
+            self.counters.add(messages_received=1)
+            self._inbox.put(Received(target, source, Frame(b"", ts, Decoded(events=[event]))))
+        backoff = interval if excess < 0 else min(interval * 2 ** (excess + 1), self.settings.backoff_max_s)
+        state.next_due = now + backoff * random.uniform(1, 1 + jitter)
+
+    # -- store ------------------------------------------------------------------------------------
+    def _write_loop(self) -> None:
+        batch = Batch()
+        while True:
+            wait = max(0.0, batch.started + BATCH_MAX_AGE_S - time.monotonic()) if batch.messages else 0.5
+            try:
+                item = self._inbox.get(timeout=wait)
+            except queue.Empty:
+                item = False  # type: ignore[assignment]
+            if item is None:
+                if batch.messages:
+                    self._commit(batch)
+                return
+            if item:
+                if not batch.messages:
+                    batch.started = time.monotonic()
+                self._add(item, batch)
+            if batch.messages and (batch.rows >= BATCH_MAX_ROWS or time.monotonic() - batch.started >= BATCH_MAX_AGE_S):
+                self._commit(batch)
+                batch = Batch()
+
+    def _add(self, item: Received, batch: Batch) -> None:
+        frame, target = item.frame, item.target
+        if frame.decoded is None:
+            batch.add_rejected(
+                frame.raw, frame.reason, frame.detail, item.source, None, target.driver_key, target.meter_no,
+                frame.received_at, None,
+            )  # fmt: skip
+            return
+        meter_ids = self._resolve(target.driver_key, frame.decoded.meter_nos | {target.meter_no})
+        unknown = sorted(frame.decoded.meter_nos - meter_ids.keys())
+        if unknown:
+            batch.add_rejected(
+                frame.raw, "unknown_meter", f"no meter {', '.join(unknown)}", item.source, None, target.driver_key,
+                target.meter_no, frame.received_at, None,
+            )  # fmt: skip
+            return
+        batch.add_decoded(frame.decoded, meter_ids, item.source, frame.received_at, None)
+        self.counters.add(readings_decoded=len(frame.decoded.readings))
+
+    def _resolve(self, driver_key: str, identities: set[str]) -> dict[str, int]:
+        delay = 0.2
+        while True:
+            try:
+                return self.directory.resolve(driver_key, identities)
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise
+                self.counters.add(store_errors=1)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _commit(self, batch: Batch) -> None:
+        delay = 0.2
+        while True:
+            try:
+                result: WriteResult = write_batch(self.store, batch)
+                break
+            except Exception as exc:
+                if not is_retryable(exc):
+                    # refused data is a bug in what we built; keep the rest flowing and say so loudly
+                    log.exception("store refused a poll batch", extra={"rows": batch.rows})
+                    self.counters.add(store_errors=1)
+                    return
+                self.counters.add(store_errors=1)
+                log.warning("store unavailable; retrying the poll batch", extra={"error": str(exc)})
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 10.0)
+        self.counters.add(
+            messages_committed=batch.messages_ok,
+            messages_rejected=batch.messages_rejected,
+            readings_stored=result.readings_stored,
+            readings_duplicate=result.readings_duplicate,
+            events_stored=result.events_stored,
+            batches_committed=1,
+        )
+        for reason in batch.rejected_reasons:
+            self.counters.reject(reason)
+
+
+def start_poller(settings: PollerSettings, store: Store, counters: Counters) -> Poller | None:
+    """The poller for `meterhub collect`, or None when this collector owns no polled devices."""
+    from collector.poll_plan import build_plan, devices_from_store
+
+    extra = devices_from_store(store) if settings.from_store else []
+    plan = build_plan(settings, extra)
+    if not plan:
+        return None
+    poller = Poller(settings, store, plan, counters)
+    poller.start()
+    log.info("polling", extra={"buses": len(plan), "devices": sum(len(p.devices) for p in plan)})
+    return poller

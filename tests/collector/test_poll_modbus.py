@@ -1,0 +1,157 @@
+"""Modbus devices → real TCP sockets → poller → PostgreSQL, for every shipped profile."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+
+import pytest
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from drivers.modbus.profile import shipped_profiles
+from drivers.transports.modbus import ModbusLink
+from meterhub.store import Store
+from simulators.modbus_slave import ModbusSlave, SimulatedDevice
+from tests.collector.helpers import wait_until
+from tests.collector.poll_helpers import (
+    add_meters,
+    events,
+    free_port,
+    latest,
+    meter_valve,
+    poller_settings,
+    readings_count,
+    running_poller,
+)
+
+PROFILES = shipped_profiles()
+
+
+@pytest.fixture
+def plant() -> Iterator[tuple[int, list[SimulatedDevice]]]:
+    """One simulated device per shipped profile behind one Modbus TCP endpoint, unit ids 1…n."""
+    devices = [SimulatedDevice.shipped(name, unit=i + 1, seed=i, speed=0) for i, name in enumerate(PROFILES)]
+    port = free_port()
+    slave = ModbusSlave(devices, port=port).start()
+    yield port, devices
+    slave.stop()
+
+
+def test_every_shipped_profile_is_read_into_the_store_exactly(
+    store: Store, plant: tuple[int, list[SimulatedDevice]]
+) -> None:
+    port, devices = plant
+    meters = add_meters(store, len(devices), "modbus")
+    settings = poller_settings(
+        [{"name": "plant", "protocol": "modbus", "host": "127.0.0.1", "port": port}],
+        [
+            {"meter_no": meter, "bus": "plant", "address": str(device.unit), "profile": name}
+            for meter, device, name in zip(meters, devices, PROFILES, strict=True)
+        ],
+    )
+    with running_poller(store, settings) as poller:
+        wait_until(lambda: all(readings_count(store, m) >= 1 for m in meters), 20, "a reading of every meter")
+    for meter, device in zip(meters, devices, strict=True):
+        stored = latest(store, meter)
+        published = {p.channel for p in device.profile.points if p.publish}
+        assert stored == {channel: device.values[channel] for channel in published}, device.profile.name
+    assert poller.counters.snapshot()["messages_rejected"] == 0
+    residential = meters[PROFILES.index("generic_residential")]
+    assert meter_valve(store, residential)[1] == "open"
+
+
+def test_values_evolve_and_a_valve_written_on_the_coil_is_read_back(store: Store) -> None:
+    device = SimulatedDevice.shipped("generic_residential", unit=7, seed=3, speed=3600.0)
+    port = free_port()
+    slave = ModbusSlave([device], port=port).start()
+    [meter] = add_meters(store, 1, "modbus")
+    settings = poller_settings(
+        [{"name": "home", "protocol": "modbus", "host": "127.0.0.1", "port": port}],
+        [{"meter_no": meter, "bus": "home", "address": "7", "profile": "generic_residential"}],
+        interval_s=0.3,
+    )
+    try:
+        with running_poller(store, settings):
+            wait_until(lambda: readings_count(store, meter) >= 3, 20, "three polls")
+            with store.connection() as conn:
+                volumes = [
+                    r[0] for r in conn.execute("SELECT value FROM reading WHERE channel='volume_m3' ORDER BY ts")
+                ]
+            assert volumes == sorted(volumes) and volumes[-1] > volumes[0], "gas flowed while the valve was open"
+
+            async def close_valve() -> None:
+                link = ModbusLink(host="127.0.0.1", port=port)
+                await link.write(5, 0, [0], unit=7)  # coil 0 off = close
+                link.close()
+
+            asyncio.run(close_valve())
+            wait_until(lambda: meter_valve(store, meter) == ("closed", "closed"), 10, "the closed valve in the store")
+    finally:
+        slave.stop()
+
+
+def test_a_silent_device_goes_offline_without_holding_up_its_bus(store: Store) -> None:
+    alive = SimulatedDevice.shipped("generic_residential", unit=1, speed=0)
+    dead = SimulatedDevice.shipped("generic_residential", unit=2, speed=0, silent=True)
+    port = free_port()
+    slave = ModbusSlave([alive, dead], port=port).start()
+    meters = add_meters(store, 2, "modbus")
+    devices = [
+        {"meter_no": meters[0], "bus": "gw", "address": "1", "profile": "generic_residential"},
+        {"meter_no": meters[1], "bus": "gw", "address": "2", "profile": "generic_residential"},
+    ]
+    settings = poller_settings(
+        [{"name": "gw", "protocol": "modbus", "host": "127.0.0.1", "port": port}],
+        devices,
+        interval_s=0.25,
+        timeout_s=0.3,
+        offline_after=2,
+    )
+    try:
+        with running_poller(store, settings) as poller:
+            started = time.monotonic()
+            wait_until(lambda: events(store, "offline"), 15, "an offline event")
+            wait_until(lambda: readings_count(store, meters[0]) >= 8, 15, "the live meter keeps being read")
+            elapsed = time.monotonic() - started
+    finally:
+        slave.stop()
+    [(meter, detail)] = events(store, "offline")
+    assert meter == meters[1] and detail["failures"] == 2
+    # Every 0.25 s the live meter is due; the dead one costs its 0.3 s timeout and then backs off.
+    assert readings_count(store, meters[0]) / elapsed >= 1.5
+    assert poller.devices[meters[1]].offline
+
+
+def test_reads_a_slave_that_is_not_ours(store: Store) -> None:
+    """pymodbus' own server with a plain register block whose values the test sets."""
+    registers = [0x0001, 0xE240, 3412, 1, 0]  # 123456 L, 3.412 V, valve closed, no alarms
+    device = SimDevice(9, simdata=[SimData(0, values=registers, datatype=DataType.REGISTERS)])
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def serve() -> ModbusTcpServer:
+        server = ModbusTcpServer(device, address=("127.0.0.1", port))
+        await server.serve_forever(background=True)
+        return server
+
+    server = asyncio.run_coroutine_threadsafe(serve(), loop).result(10)
+    [meter] = add_meters(store, 1, "modbus")
+    settings = poller_settings(
+        [{"name": "foreign", "protocol": "modbus", "host": "127.0.0.1", "port": port}],
+        [{"meter_no": meter, "bus": "foreign", "address": "9", "profile": "generic_residential"}],
+    )
+    try:
+        with running_poller(store, settings):
+            wait_until(lambda: readings_count(store, meter) >= 1, 15, "a reading from the foreign slave")
+    finally:
+        asyncio.run_coroutine_threadsafe(server.shutdown(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    assert latest(store, meter) == {"volume_m3": Decimal("123.456"), "battery_v": Decimal("3.412")}
+    assert meter_valve(store, meter) == ("closed", "closed")
