@@ -49,6 +49,7 @@ class Batch:
     readings: list[tuple[Any, ...]] = field(default_factory=list)
     events: list[tuple[Any, ...]] = field(default_factory=list)
     rejected: list[tuple[Any, ...]] = field(default_factory=list)
+    replies: list[tuple[Any, ...]] = field(default_factory=list)  # (meter_id, correlation_id, ok, ts, detail)
     states: dict[int, MeterStateUpdate] = field(default_factory=dict)
     acks: list[Callable[[], None]] = field(default_factory=list)
     originals: list[Any] = field(default_factory=list)  # what the batch was made from, to redo one by one
@@ -95,6 +96,9 @@ class Batch:
                 state.rssi_dbm = s.rssi_dbm
         for reply in decoded.replies:
             self._state(meter_ids[reply.meter_no], received_at)
+            self.replies.append(
+                (meter_ids[reply.meter_no], reply.correlation_id, reply.ok, reply.ts, dict(reply.detail))
+            )
         self.messages_ok += 1
         if ack is not None:
             self.acks.append(ack)

@@ -84,6 +84,7 @@ class MqttIngest:
         self._ready: queue.Queue[Batch | None] = queue.Queue(maxsize=2)
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.on_uplink: Callable[[set[int]], None] | None = None  # the command dispatcher's receive-window hook
         self.client = self._make_client()
 
     # -- life -------------------------------------------------------------------------------------
@@ -280,6 +281,8 @@ class MqttIngest:
         reply_topic = route.reply_topic(item.topic)
         if decoded.response is not None and reply_topic:
             self.client.publish(reply_topic, decoded.response, qos=1)
+        if self.on_uplink is not None and (decoded.readings or decoded.statuses):
+            self.on_uplink(set(meter_ids.values()))
 
     def _resolve(self, driver_key: str, identities: set[str]) -> dict[str, int]:
         delay = 0.2

@@ -36,6 +36,10 @@ def write_batch(store: Store, batch: Batch) -> WriteResult:
                     copy.write_row(row)
         if batch.states:
             _update_states(conn, batch)
+        if batch.replies:
+            from collector.commands import record_replies
+
+            record_replies(conn, batch.replies)
     return WriteResult(stored, len(batch.readings) - stored, events)
 
 

@@ -53,6 +53,9 @@ class VirtualMeter:
     rssi: int = -75
     backlog: list[tuple[datetime, Decimal]] = field(default_factory=list)
     silent_for: int = 0
+    credit: Decimal = Decimal("0.00")  # meter-based prepayment: remaining credit
+    purchased: Decimal = Decimal("0.00")  # cumulative top-ups accepted
+    purchase_seq: int = 0  # the last purchase sequence accepted; a top-up with a lower or equal one is ignored
 
     def advance(self, start: datetime, end: datetime) -> Decimal:
         if self.valve == "open":
@@ -239,6 +242,14 @@ class FleetRunner:
         self.acknowledged = 0
         self._stop = threading.Event()
         self._by_no = {m.meter_no: m for m in fleet.meters}
+        # Command faults and bookkeeping, per meter number.
+        self.executed: list[tuple[str, str]] = []  # (meter_no, cmd) of every command the meters acted on
+        self.drop_replies: dict[str, int] = {}  # act on the next n commands but drop their replies
+        self.mute: set[str] = set()  # never act, never answer
+        self.sleepy: set[str] = set()  # listen only for `awake_s` after their own uplink
+        self.awake_s = 5.0
+        self._awake_until: dict[str, float] = {}
+        self._command_lock = threading.Lock()
         protocol = mqtt.MQTTv5 if mqtt5 else mqtt.MQTTv311
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"meterhub-sim-{id(self):x}", protocol=protocol
@@ -264,19 +275,57 @@ class FleetRunner:
             kind = command["cmd"]
         except (ValueError, KeyError, TypeError):
             return
-        ok = kind in ("valve_open", "valve_close", "valve_arm", "read")
-        if kind == "valve_close":
-            meter.valve = "closed"
-        elif kind in ("valve_open", "valve_arm"):
+        no = meter.meter_no
+        if no in self.mute or (no in self.sleepy and self._awake_until.get(no, 0.0) < time.monotonic()):
+            return  # a sleeping radio hears nothing
+        with self._command_lock:
+            ok = kind in ("valve_open", "valve_close", "valve_arm", "read", "credit")
+            reply: dict[str, object] = {"id": command.get("id")}
+            if kind == "valve_close":
+                meter.valve = "closed"
+            elif kind == "valve_open":
+                meter.valve = "open"
+            elif kind == "valve_arm":  # the customer restores supply on site: press_button()
+                meter.valve = "armed" if meter.valve != "open" else "open"
+            elif kind == "credit":
+                seq, amount = int(command.get("seq", 0)), Decimal(str(command.get("amount", "0")))
+                if seq > meter.purchase_seq:
+                    meter.purchase_seq, meter.credit, meter.purchased = (
+                        seq,
+                        meter.credit + amount,
+                        meter.purchased + amount,
+                    )
+                else:
+                    reply["duplicate"] = True
+            if ok and kind != "read" and not reply.get("duplicate"):
+                self.executed.append((no, kind))
+            reply.update(
+                ok=ok,
+                valve=meter.valve,
+                volume_m3=str(meter.register),
+                credit_cny=str(meter.credit),
+                purchased_cny=str(meter.purchased),
+                seq=meter.purchase_seq,
+                ts=self.fleet.now.isoformat(),
+            )
+            if self.drop_replies.get(no, 0) > 0:
+                self.drop_replies[no] -= 1
+                return
+        client.publish(f"{self.prefix}/{no}/reply", json.dumps(reply), qos=1)
+
+    def press_button(self, meter_no: str) -> None:
+        """The customer opens an armed valve on site."""
+        meter = self._by_no[meter_no]
+        if meter.valve == "armed":
             meter.valve = "open"
-        reply = {
-            "id": command.get("id"),
-            "ok": ok,
-            "valve": meter.valve,
-            "volume_m3": str(meter.register),
-            "ts": self.fleet.now.isoformat(),
-        }
-        client.publish(f"{self.prefix}/{meter.meter_no}/reply", json.dumps(reply), qos=1)
+
+    def uplink(self, meter_no: str) -> None:
+        """One reading now from this meter (with its valve state); a sleepy meter then listens for `awake_s`."""
+        meter = self._by_no[meter_no]
+        self._awake_until[meter_no] = time.monotonic() + self.awake_s
+        topic, payload = self.fleet.encoder(meter, [(datetime.now(UTC).replace(microsecond=0), meter.register)])
+        self.client.publish(topic, payload, qos=1)
+        self.sent += 1
 
     def run(self, ticks: int | None = None) -> int:
         self.client.loop_start()

@@ -1,0 +1,405 @@
+"""The command dispatcher: sends queued `meter_command` rows through the meter's driver and transport,
+and follows each to a final state.
+
+- Woken by NOTIFY on `meter_command` and by a periodic sweep; claims with SKIP LOCKED, so several
+  collectors can run it. At most one command per meter is in flight (a unique index says so).
+- A row is marked `sent` and committed before the bytes go out: a crash in between leaves a command
+  that times out, is read back and only then sent again.
+- Replies are recorded by the batch writer in the same transaction as the rest of the message
+  (`record_replies`), so a reply is never acknowledged to the broker before it is stored.
+- A timeout never re-sends: the command becomes `unknown`, the meter's state is read (a read command,
+  or the sleepy meter's next uplink), and the command is reconciled to what the meter really did.
+- Sleepy meters get their command right after their next uplink, in their receive window.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from collector.routes import Route
+from drivers.base import Capability, Command, CommandKind, UnsupportedCommand
+from meterhub.command_settings import CommandSettings
+from meterhub.store import Store
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes], object]
+AWAKE_S = 20.0  # how long after an uplink a sleepy meter is taken to be listening
+EXPECTED_VALVE = {"valve_close": ("closed",), "valve_arm": ("armed", "open"), "valve_open": ("open",)}
+
+
+@dataclass(frozen=True, slots=True)
+class Transport:
+    route: Route
+
+    def topic(self, meter_no: str, address: str) -> str | None:
+        driver: Any = self.route.driver
+        if hasattr(driver, "downlink_topic"):
+            return str(driver.downlink_topic(meter_no))
+        if self.route.response_topic:  # a DTU tunnelling frames: its down topic, {1} = the meter's DTU id
+            return self.route.response_topic.format("", meter_no)
+        return None
+
+
+class CommandDispatcher:
+    def __init__(self, store: Store, settings: CommandSettings, routes: list[Route], publish: Publish) -> None:
+        self.store = store
+        self.settings = settings
+        self.publish = publish
+        self.transports: dict[str, Transport] = {}
+        for route in routes:  # the first route of each driver carries its commands
+            self.transports.setdefault(route.driver_key, Transport(route))
+        self.sent = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._awake: dict[int, float] = {}
+        self._sleepy_waiting: set[int] = set()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._last_prepaid = 0.0
+
+    # -- life -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._threads = [
+            threading.Thread(target=self._listen, name="commands-listen", daemon=True),
+            threading.Thread(target=self._loop, name="commands-dispatch", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def on_uplink(self, meter_ids: set[int]) -> None:
+        """Called by ingestion for each uplink: a sleepy meter with a command waiting is listening now."""
+        with self._lock:
+            waiting = meter_ids & self._sleepy_waiting
+            now = time.monotonic()
+            for meter_id in waiting:
+                self._awake[meter_id] = now
+        if waiting:
+            self._wake.set()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.store.url, autocommit=True) as conn:
+                    conn.execute("LISTEN meter_command")
+                    self._wake.set()  # whatever was queued while we were not listening
+                    while not self._stop.is_set():
+                        for notify in conn.notifies(timeout=1.0):
+                            if not notify.payload.endswith(":sent"):
+                                self._wake.set()
+            except Exception as exc:
+                log.warning("command listener lost the store; retrying", extra={"error": str(exc)})
+                self._stop.wait(2.0)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.settings.sweep_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.run_once()
+            except Exception as exc:
+                log.warning("command round failed; retrying", extra={"error": str(exc)})
+                self._stop.wait(1.0)
+
+    def run_once(self) -> int:
+        """One round: send what is queued, handle timeouts, reconcile unknowns. Returns commands sent."""
+        sent = 0
+        while True:
+            count, more = self._send_queued()
+            sent += count
+            if not more:
+                break
+        self._timeouts()
+        self._reconcile()
+        if time.monotonic() - self._last_prepaid >= self.settings.prepaid_sweep_s:
+            self._last_prepaid = time.monotonic()
+            from meterhub.prepaid import check_accounts
+
+            check_accounts(self.store, self.settings)
+        return sent
+
+    # -- sending ----------------------------------------------------------------------------------
+    def _awake_now(self) -> list[int]:
+        now = time.monotonic()
+        with self._lock:
+            self._awake = {m: t for m, t in self._awake.items() if now - t < AWAKE_S}
+            return list(self._awake)
+
+    def _send_queued(self) -> tuple[int, bool]:
+        awake = self._awake_now()
+        outbox: list[tuple[str, bytes]] = []
+        with self.store.transaction(actor="collector") as conn:
+            rows = (
+                conn.cursor(row_factory=dict_row)
+                .execute(
+                    """SELECT c.id, c.meter_id, c.kind, c.correlation_id, c.amount, c.purchase_seq, m.meter_no,
+                              m.driver_key, m.protocol_address, m.sleepy
+                         FROM meter_command c JOIN meter m ON m.id = c.meter_id
+                        WHERE c.state = 'queued'
+                          AND NOT EXISTS (SELECT 1 FROM meter_command o
+                                           WHERE o.meter_id = c.meter_id AND o.state IN ('sent', 'unknown'))
+                          AND (NOT m.sleepy OR c.meter_id = ANY(%s))
+                        ORDER BY c.id LIMIT %s FOR UPDATE OF c SKIP LOCKED""",
+                    [awake, self.settings.batch],
+                )
+                .fetchall()
+            )
+            seen: set[int] = set()
+            for row in rows:
+                if row["meter_id"] in seen:
+                    continue  # one at a time per meter; the next goes when this one is final
+                seen.add(row["meter_id"])
+                outbox.extend(self._prepare(conn, row))
+            self._refresh_sleepy(conn)
+        for topic, payload in outbox:
+            self.publish(topic, payload)
+        self.sent += len(outbox)
+        return len(outbox), len(rows) >= self.settings.batch
+
+    def _prepare(self, conn: psycopg.Connection[Any], row: dict[str, Any]) -> list[tuple[str, bytes]]:
+        transport = self.transports.get(row["driver_key"])
+        if transport is None:
+            self._finish(conn, row["id"], "failed", "no_transport")
+            return []
+        driver = transport.route.driver
+        kind = _wire_kind(row["kind"], driver.capabilities)
+        if kind is None:
+            self._finish(conn, row["id"], "failed", "unsupported")
+            return []
+        command = Command(
+            kind, row["meter_no"], row["protocol_address"], row["correlation_id"], row["amount"], row["purchase_seq"]
+        )
+        topic = transport.topic(row["meter_no"], row["protocol_address"])
+        try:
+            payload = driver.encode(command)
+        except (UnsupportedCommand, ValueError) as exc:
+            self._finish(conn, row["id"], "failed", "unsupported", {"error": str(exc)})
+            return []
+        if topic is None:
+            self._finish(conn, row["id"], "failed", "no_transport")
+            return []
+        timeout = self.settings.sleepy_ack_timeout_s if row["sleepy"] else self.settings.ack_timeout_s
+        conn.execute(
+            """UPDATE meter_command SET state = 'sent', sent_kind = %s, attempts = attempts + 1, sent_at = now(),
+                      deadline_at = now() + make_interval(secs => %s), reason_code = NULL
+                WHERE id = %s""",
+            [kind.value, timeout, row["id"]],
+        )
+        return [(topic, payload)]
+
+    def _refresh_sleepy(self, conn: psycopg.Connection[Any]) -> None:
+        waiting = {
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT c.meter_id FROM meter_command c JOIN meter m ON m.id = c.meter_id "
+                "WHERE c.state = 'queued' AND m.sleepy"
+            )
+        }
+        with self._lock:
+            self._sleepy_waiting = waiting
+
+    @staticmethod
+    def _finish(
+        conn: psycopg.Connection[Any], command_id: int, state: str, reason: str, reply: dict[str, Any] | None = None
+    ) -> None:
+        conn.execute(
+            """UPDATE meter_command SET state = %s, reason_code = %s, finished_at = now(), deadline_at = NULL,
+                      reply = coalesce(%s, reply)
+                WHERE id = %s""",
+            [state, reason, Jsonb(reply) if reply is not None else None, command_id],
+        )
+
+    # -- timeouts and reconciliation ---------------------------------------------------------------
+    def _timeouts(self) -> None:
+        """Sent and not answered in time: never re-send; mark unknown and ask the meter what it did."""
+        outbox: list[tuple[str, bytes]] = []
+        with self.store.transaction(actor="collector") as conn:
+            rows = (
+                conn.cursor(row_factory=dict_row)
+                .execute(
+                    """SELECT c.id, c.kind, c.correlation_id, c.attempts, m.meter_no, m.driver_key,
+                              m.protocol_address, m.sleepy
+                         FROM meter_command c JOIN meter m ON m.id = c.meter_id
+                        WHERE c.state = 'sent' AND c.deadline_at <= now()
+                        ORDER BY c.id LIMIT %s FOR UPDATE OF c SKIP LOCKED""",
+                    [self.settings.batch],
+                )
+                .fetchall()
+            )
+            for row in rows:
+                conn.execute(
+                    """UPDATE meter_command SET state = 'unknown', reason_code = 'no_reply',
+                              deadline_at = now() + make_interval(secs => %s) WHERE id = %s""",
+                    [self.settings.read_timeout_s, row["id"]],
+                )
+                if not row["sleepy"]:  # a sleepy meter tells us its state in its next uplink
+                    outbox.extend(self._read_back(row))
+        for topic, payload in outbox:
+            self.publish(topic, payload)
+
+    def _read_back(self, row: dict[str, Any]) -> list[tuple[str, bytes]]:
+        transport = self.transports.get(row["driver_key"])
+        if transport is None:
+            return []
+        driver = transport.route.driver
+        kind = CommandKind.READ
+        if row["kind"] == "credit" and Capability.CREDIT_READ in driver.capabilities:
+            kind = CommandKind.CREDIT_READ
+        command = Command(kind, row["meter_no"], row["protocol_address"], f"{row['correlation_id']}:r{row['attempts']}")
+        topic = transport.topic(row["meter_no"], row["protocol_address"])
+        try:
+            return [(topic, driver.encode(command))] if topic else []
+        except (UnsupportedCommand, ValueError):
+            return []
+
+    def _reconcile(self) -> None:
+        """Unknown commands: decide from the read-back reply or a later report of the meter's state."""
+        with self.store.transaction(actor="collector") as conn:
+            rows = (
+                conn.cursor(row_factory=dict_row)
+                .execute(
+                    """SELECT c.id, c.meter_id, c.kind, c.sent_kind, c.attempts, c.purchase_seq, c.amount, c.sent_at,
+                              c.deadline_at <= now() AS expired, c.reply, s.valve_reported, s.valve_reported_at
+                         FROM meter_command c LEFT JOIN meter_state s ON s.meter_id = c.meter_id
+                        WHERE c.state = 'unknown'
+                        ORDER BY c.id LIMIT %s FOR UPDATE OF c SKIP LOCKED""",
+                    [self.settings.batch],
+                )
+                .fetchall()
+            )
+            for row in rows:
+                executed = _executed(row)
+                if executed is True:
+                    self._finish(conn, row["id"], "reconciled", "executed")
+                    if row["kind"] == "credit":
+                        book_credit(conn, row["id"])
+                elif executed is False:
+                    if row["attempts"] < self.settings.max_attempts:
+                        # The meter says it did not act: sending again cannot double anything.
+                        conn.execute(
+                            "UPDATE meter_command SET state = 'queued', reason_code = 'not_executed', "
+                            "deadline_at = NULL, reply = NULL WHERE id = %s",
+                            [row["id"]],
+                        )
+                    else:
+                        self._finish(conn, row["id"], "failed", "not_executed")
+                elif row["expired"]:
+                    self._finish(conn, row["id"], "failed", "no_answer")
+
+
+def _wire_kind(kind: str, capabilities: Capability) -> CommandKind | None:
+    if kind == "valve_close":
+        return CommandKind.VALVE_CLOSE if Capability.VALVE_CLOSE in capabilities else None
+    if kind == "valve_open":  # gas: arm where the meter can, the customer restores supply on site
+        if Capability.VALVE_ARM in capabilities:
+            return CommandKind.VALVE_ARM
+        return CommandKind.VALVE_OPEN if Capability.VALVE_OPEN in capabilities else None
+    if kind == "credit":
+        return CommandKind.CREDIT if Capability.CREDIT_WRITE in capabilities else None
+    return CommandKind.READ if Capability.READ in capabilities else None
+
+
+def _executed(row: dict[str, Any]) -> bool | None:
+    """True/False when the evidence says whether the meter acted; None while there is none."""
+    reply = row["reply"] or {}
+    if row["kind"] == "credit":
+        seq = reply.get("purchase_sequence", reply.get("seq"))
+        if seq is None or row["purchase_seq"] is None:
+            return None
+        return int(seq) >= int(row["purchase_seq"]) or (
+            row["purchase_seq"] > 0xFF and int(seq) == row["purchase_seq"] & 0xFF
+        )
+    expected = EXPECTED_VALVE.get(row["sent_kind"] or row["kind"])
+    if expected is None:
+        return None
+    if reply.get("valve") is not None:
+        return reply["valve"] in expected
+    reported_at = row["valve_reported_at"]
+    if reported_at is not None and row["sent_at"] is not None and reported_at > row["sent_at"]:
+        return row["valve_reported"] in expected
+    return None
+
+
+# -- called by the batch writer, inside its transaction ----------------------------------------------
+def record_replies(conn: psycopg.Connection[Any], replies: list[tuple[Any, ...]]) -> int:
+    """Match replies (meter_id, correlation_id, ok, ts, detail) to commands in flight; returns matches.
+
+    A reply to the command itself confirms or fails a `sent` command; any reply to an `unknown` one
+    (late, or to the read-back) is kept as evidence for reconciliation. Without a correlation id (CJ/T 188)
+    the meter's one command in flight is meant.
+    """
+    matched = 0
+    for meter_id, correlation_id, ok, ts, detail in replies:
+        base = correlation_id.split(":", 1)[0] if correlation_id else None
+        evidence = {**detail, "ok": ok, "ts": ts.isoformat(), "correlation_id": correlation_id}
+        row = conn.execute(
+            """SELECT id, state, kind, sent_kind FROM meter_command
+                WHERE meter_id = %s AND state IN ('sent', 'unknown') AND (%s::text IS NULL OR correlation_id = %s)
+                FOR UPDATE""",
+            [meter_id, base, base],
+        ).fetchone()
+        if row is None:
+            continue
+        command_id, state, kind, sent_kind = row
+        matched += 1
+        is_read_back = correlation_id is not None and ":" in correlation_id
+        if state == "sent" and not is_read_back:
+            conn.execute(
+                """UPDATE meter_command SET state = %s, reason_code = %s, reply = %s, finished_at = now(),
+                          deadline_at = NULL WHERE id = %s""",
+                [
+                    "confirmed" if ok else "failed",
+                    None if ok else "meter_refused",
+                    Jsonb(evidence, dumps=_dumps),
+                    command_id,
+                ],
+            )
+            if ok and kind == "credit":
+                book_credit(conn, command_id)
+            if ok and sent_kind in EXPECTED_VALVE and "valve" not in detail:
+                conn.execute(
+                    "UPDATE meter SET valve_state = %s WHERE id = %s AND valve_state <> 'open'",
+                    [EXPECTED_VALVE[sent_kind][0], meter_id],
+                )
+        else:
+            conn.execute(
+                "UPDATE meter_command SET reply = %s WHERE id = %s", [Jsonb(evidence, dumps=_dumps), command_id]
+            )
+    return matched
+
+
+def book_credit(conn: psycopg.Connection[Any], command_id: int) -> None:
+    """The meter accepted this top-up: one meter_credit row per command, whatever arrives twice."""
+    conn.execute(
+        """INSERT INTO meter_credit (meter_id, command_id, purchase_seq, amount)
+           SELECT meter_id, id, purchase_seq, amount FROM meter_command WHERE id = %s AND kind = 'credit'
+           ON CONFLICT DO NOTHING""",
+        [command_id],
+    )
+    from meterhub.prepaid import reconcile_meter_credit
+
+    reconcile_meter_credit(conn, command_id)
+
+
+def _dumps(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, default=lambda o: str(o) if isinstance(o, Decimal) else repr(o))
