@@ -51,21 +51,32 @@ METERS = 10_000
 
 
 def publish_all(broker: BrokerAddress, messages: list[tuple[str, bytes]]) -> float:
-    """Publish QoS 1 as fast as the broker takes it; returns messages per second."""
+    """Publish QoS 1 as fast as the broker takes it, 20,000 at a time; returns messages per second."""
+    started = time.perf_counter()
+    for start in range(0, len(messages), 20_000):
+        _publish_chunk(broker, messages[start : start + 20_000])
+    return len(messages) / (time.perf_counter() - started)
+
+
+def _publish_chunk(broker: BrokerAddress, messages: list[tuple[str, bytes]]) -> float:
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv5
     )
-    client.max_inflight_messages_set(2000)
+    client.max_inflight_messages_set(500)  # within the broker's receive maximum
     client.max_queued_messages_set(0)
     done = threading.Semaphore(0)
+    dropped = threading.Event()
     client.on_publish = lambda *a: done.release()
+    client.on_disconnect = lambda *a: dropped.set()
     client.connect(broker.host, broker.port)
     client.loop_start()
     started = time.perf_counter()
     for topic, payload in messages:
         client.publish(topic, payload, qos=1)
     for _ in messages:
-        done.acquire()
+        while not done.acquire(timeout=5):
+            if dropped.is_set():
+                raise RuntimeError("the broker dropped the publisher")
     elapsed = time.perf_counter() - started
     client.loop_stop()
     client.disconnect()
@@ -243,7 +254,7 @@ def latency(store: Store, broker: BrokerAddress, rate: int, seconds: int) -> tup
     )
     ingest = MqttIngest(broker, settings, store, build_routes(settings.routes))
     committed: dict[str, float] = {}
-    original = ingest._account
+    original = ingest.sink.account
 
     def account(batch: Batch, result: Any) -> None:
         original(batch, result)
@@ -251,13 +262,13 @@ def latency(store: Store, broker: BrokerAddress, rate: int, seconds: int) -> tup
         for item in batch.originals:
             committed[item.payload.decode()] = now
 
-    ingest._account = account  # type: ignore[method-assign]
+    ingest.sink.account = account  # type: ignore[method-assign]
     ingest.start()
     ingest.connected.wait(10)
     script = f"""
 import json, sys, time, paho.mqtt.client as mqtt
 c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-c.max_inflight_messages_set(2000)
+c.max_inflight_messages_set(500)
 c.connect({broker.host!r}, {broker.port}); c.loop_start()
 sent = {{}}
 start = time.time()

@@ -21,25 +21,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
-import psycopg
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from psycopg_pool import PoolTimeout
 
 from collector.batch import Batch
 from collector.counters import Counters
 from collector.meters import MeterDirectory
 from collector.routes import Route, find_route
-from collector.writer import WriteResult, write_batch
+from collector.sink import BatchSink
 from drivers.base import DecodeError, Uplink
 from meterhub.broker import BrokerAddress
 from meterhub.settings import CollectorSettings
 from meterhub.store import Store
 
 log = logging.getLogger(__name__)
-
-RETRYABLE_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +46,6 @@ class Inbound:
     mid: int
     qos: int
     generation: int
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """Store trouble that goes away (connection lost, server restarting) as opposed to refused data."""
-    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout):
-        return True
-    sqlstate = getattr(exc, "sqlstate", None) or ""
-    return sqlstate[:2] in RETRYABLE_SQLSTATE_CLASSES
 
 
 class MqttIngest:
@@ -76,6 +64,7 @@ class MqttIngest:
         self.routes = routes
         self.counters = counters or Counters()
         self.directory = directory or MeterDirectory(store, settings.unknown_meter == "auto_provision")
+        self.sink = BatchSink(store, self.counters, self._redo, self._refused)
         self.mqtt5 = settings.protocol == "5" and broker.mqtt5
         self.generation = 0
         self.connected = threading.Event()  # connected and subscribed
@@ -285,17 +274,7 @@ class MqttIngest:
             self.on_uplink(set(meter_ids.values()))
 
     def _resolve(self, driver_key: str, identities: set[str]) -> dict[str, int]:
-        delay = 0.2
-        while True:
-            try:
-                return self.directory.resolve(driver_key, identities)
-            except Exception as exc:
-                if not is_retryable(exc):
-                    raise
-                self.counters.add(store_errors=1)
-                log.warning("store unavailable while resolving meters; retrying", extra={"error": str(exc)})
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        return self.sink.resolve(self.directory, driver_key, identities)
 
     # -- write ------------------------------------------------------------------------------------
     def _flush_loop(self) -> None:
@@ -303,67 +282,15 @@ class MqttIngest:
             batch = self._ready.get()
             if batch is None:
                 return
-            self._commit(batch)
+            self.sink.commit(batch)
 
-    def _commit(self, batch: Batch) -> None:
-        try:
-            result = self._write(batch)
-        except Exception as exc:
-            # The store refused the data itself (not a passing outage): redo message by message so
-            # that one bad message is dead-lettered and the rest are stored.
-            log.error("store refused a batch; writing its messages one by one", extra={"error": str(exc)})
-            self.counters.add(readings_decoded=-len(batch.readings))
-            for item in batch.originals:
-                self._commit_alone(item)
-            return
-        self._account(batch, result)
-
-    def _commit_alone(self, item: Inbound) -> None:
+    def _redo(self, item: Inbound) -> Batch:
         single = Batch()
         self._process(item, single)
-        try:
-            result = self._write(single)
-        except Exception as exc:
-            self.counters.add(readings_decoded=-len(single.readings))
-            single = Batch()
-            single.add_rejected(
-                item.payload,
-                "store_refused",
-                f"{type(exc).__name__}: {exc}",
-                "mqtt",
-                item.topic,
-                None,
-                None,
-                item.received_at,
-                self._ack_for(item),
-            )
-            result = self._write(single)
-        self._account(single, result)
+        return single
 
-    def _write(self, batch: Batch) -> WriteResult:
-        """Write, retrying for as long as the store is unavailable; raise if it refuses the data."""
-        delay = 0.2
-        while True:
-            try:
-                return write_batch(self.store, batch)
-            except Exception as exc:
-                if not is_retryable(exc):
-                    raise
-                self.counters.add(store_errors=1)
-                log.warning("store unavailable; retrying the batch", extra={"error": str(exc), "rows": batch.rows})
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 10.0)
-
-    def _account(self, batch: Batch, result: WriteResult) -> None:
-        for ack in batch.acks:
-            ack()
-        self.counters.add(
-            messages_committed=batch.messages_ok,
-            messages_rejected=batch.messages_rejected,
-            readings_stored=result.readings_stored,
-            readings_duplicate=result.readings_duplicate,
-            events_stored=result.events_stored,
-            batches_committed=1,
-        )
-        for reason in batch.rejected_reasons:
-            self.counters.reject(reason)
+    def _refused(self, item: Inbound, reason: str) -> Batch:
+        single = Batch()
+        single.add_rejected(item.payload, "store_refused", reason, "mqtt", item.topic, None, None, item.received_at,
+                            self._ack_for(item))  # fmt: skip
+        return single

@@ -28,10 +28,9 @@ from typing import Any
 from collector.batch import Batch
 from collector.counters import Counters
 from collector.meters import MeterDirectory
-from collector.mqtt import is_retryable
 from collector.poll_devices import Cjt188Reader, Frame, MbusReader, ModbusReader, PollResult, Target
 from collector.poll_plan import BusPlan, PlannedDevice
-from collector.writer import WriteResult, write_batch
+from collector.sink import BatchSink
 from drivers.base import Decoded, EventKind, MeterEvent
 from drivers.cjt188.settings import Workarounds
 from drivers.transports.modbus import ModbusLink, SerialParams
@@ -76,6 +75,7 @@ class Poller:
         self.plan = plan
         self.counters = counters or Counters()
         self.directory = directory or MeterDirectory(store)
+        self.sink = BatchSink(store, self.counters, self._redo, self._refused)
         self.stats: Counter[str] = Counter()  # polls_ok, polls_failed, offline_events, bus_errors
         self.devices: dict[str, DeviceState] = {}
         self._inbox: queue.Queue[Received | None] = queue.Queue()
@@ -223,14 +223,15 @@ class Poller:
                 item = False  # type: ignore[assignment]
             if item is None:
                 if batch.messages:
-                    self._commit(batch)
+                    self.sink.commit(batch)
                 return
             if item:
                 if not batch.messages:
                     batch.started = time.monotonic()
+                batch.originals.append(item)
                 self._add(item, batch)
             if batch.messages and (batch.rows >= BATCH_MAX_ROWS or time.monotonic() - batch.started >= BATCH_MAX_AGE_S):
-                self._commit(batch)
+                self.sink.commit(batch)
                 batch = Batch()
 
     def _add(self, item: Received, batch: Batch) -> None:
@@ -253,43 +254,18 @@ class Poller:
         self.counters.add(readings_decoded=len(frame.decoded.readings))
 
     def _resolve(self, driver_key: str, identities: set[str]) -> dict[str, int]:
-        delay = 0.2
-        while True:
-            try:
-                return self.directory.resolve(driver_key, identities)
-            except Exception as exc:
-                if not is_retryable(exc):
-                    raise
-                self.counters.add(store_errors=1)
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        return self.sink.resolve(self.directory, driver_key, identities)
 
-    def _commit(self, batch: Batch) -> None:
-        delay = 0.2
-        while True:
-            try:
-                result: WriteResult = write_batch(self.store, batch)
-                break
-            except Exception as exc:
-                if not is_retryable(exc):
-                    # refused data is a bug in what we built; keep the rest flowing and say so loudly
-                    log.exception("store refused a poll batch", extra={"rows": batch.rows})
-                    self.counters.add(store_errors=1)
-                    return
-                self.counters.add(store_errors=1)
-                log.warning("store unavailable; retrying the poll batch", extra={"error": str(exc)})
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 10.0)
-        self.counters.add(
-            messages_committed=batch.messages_ok,
-            messages_rejected=batch.messages_rejected,
-            readings_stored=result.readings_stored,
-            readings_duplicate=result.readings_duplicate,
-            events_stored=result.events_stored,
-            batches_committed=1,
-        )
-        for reason in batch.rejected_reasons:
-            self.counters.reject(reason)
+    def _redo(self, item: Received) -> Batch:
+        single = Batch()
+        self._add(item, single)
+        return single
+
+    def _refused(self, item: Received, reason: str) -> Batch:
+        single = Batch()
+        single.add_rejected(item.frame.raw, "store_refused", reason, item.source, None, item.target.driver_key,
+                            item.target.meter_no, item.frame.received_at, None)  # fmt: skip
+        return single
 
 
 def start_poller(settings: PollerSettings, store: Store, counters: Counters) -> Poller | None:
