@@ -197,6 +197,17 @@ def run_total(expr: pl.Expr, start: pl.Expr, end: pl.Expr) -> pl.Expr:
     return pl.when(end).then(upto).backward_fill() - run_first(upto - expr, start)
 
 
+def with_stable_index(frame: pl.LazyFrame, name: str) -> pl.LazyFrame:
+    """`frame` sorted by all its columns, with a row index `name` that depends on its rows, not on their order.
+
+    A lazy plan that reaches its rows through a join or group-by need not yield them in the same order each
+    time it runs, and a plan used by several branches of a query may run once per branch: a plain row index
+    would then number the same row differently in different branches. Rows equal in every column are
+    interchangeable, so which of them gets which number does not matter.
+    """
+    return frame.sort(frame.collect_schema().names(), nulls_last=True).with_row_index(name)
+
+
 # ---- steps ---------------------------------------------------------------------------------------------------
 
 
@@ -223,8 +234,7 @@ def prepare_items(items: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
         "main_usage_type": pl.col("usage_type"),
     }
     frame = frame.with_columns(expr.alias(name) for name, expr in defaults.items() if name not in schema)
-    return frame.with_row_index("item_id").select(
-        "item_id",
+    prepared = frame.select(
         "account_id",
         pl.col("usage_type").cast(pl.String),
         pl.col("main_usage_type").cast(pl.String),
@@ -235,6 +245,8 @@ def prepare_items(items: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
         pl.col("household_size").cast(pl.Int64),
         pl.col("billing_mode").cast(pl.String),
     )
+    # segments, bill spans and problems are separate branches that join back on item_id
+    return with_stable_index(prepared, "item_id")
 
 
 def _item_problems(items: pl.LazyFrame, covered: pl.LazyFrame) -> pl.LazyFrame:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from billing.pricing import with_stable_index
 from billing.rounding import VOLUME, m3_to_litres
 
 _SHARE_UNITS = 10_000  # share_pct in hundredths of a percent
@@ -41,7 +42,7 @@ def split_by_quotas(items: pl.LazyFrame | pl.DataFrame, quotas: pl.LazyFrame | p
         if name not in rule_schema:
             rules = rules.with_columns(default.alias(name))
     overrides = [name for name in ("billing_mode", "cycle_used_m3") if name in rule_schema]
-    frame = frame.with_row_index("_item")
+    frame = with_stable_index(frame, "_item")  # the quota takes and the main rest join back on _item
     taken = (
         frame.join(
             rules.select(
