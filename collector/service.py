@@ -35,9 +35,13 @@ class CollectorService:
         )
         self._stop = threading.Event()
         self._metrics_server: Any = None
+        self.poller: Any = None
+        self.commands: Any = None
 
     def start(self) -> None:
         self.ingest.start()
+        self._start_poller()
+        self._start_commands()
         port = self.settings.collector.metrics_port
         if port:
             from prometheus_client import CollectorRegistry, start_http_server
@@ -52,10 +56,42 @@ class CollectorService:
 
     def stop(self) -> None:
         self._stop.set()
+        self._stop_poller()
+        self._stop_commands()
         self.ingest.stop()
         self._heartbeat(stopped=True)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
+
+    def _start_poller(self) -> None:
+        """Poll the field buses of `[poller]` that this collector owns, into the same store and counters."""
+        from collector.poll import start_poller
+
+        self.poller = start_poller(self.settings.poller, self.store, self.counters)
+
+    def _stop_poller(self) -> None:
+        if self.poller is not None:
+            self.poller.stop()
+
+    def _start_commands(self) -> None:
+        """The valve and credit command dispatcher, sending over this collector's MQTT session."""
+        if not self.settings.commands.enabled:
+            return
+        from collector.commands import CommandDispatcher
+
+        client = self.ingest.client
+        self.commands = CommandDispatcher(
+            self.store,
+            self.settings.commands,
+            self.ingest.routes,
+            lambda topic, payload: client.publish(topic, payload, qos=1),
+        )
+        self.ingest.on_uplink = self.commands.on_uplink
+        self.commands.start()
+
+    def _stop_commands(self) -> None:
+        if self.commands is not None:
+            self.commands.stop()
 
     def wait(self) -> None:
         self._stop.wait()

@@ -20,6 +20,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from meterhub.command_settings import CommandSettings
+from meterhub.poller_settings import PollerSettings
+
 DEFAULT_CONFIG_FILE = Path("meterhub.toml")
 
 
@@ -138,6 +141,8 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     mqtt: MqttSettings = MqttSettings()
     collector: CollectorSettings = CollectorSettings()
+    poller: PollerSettings = PollerSettings()
+    commands: CommandSettings = CommandSettings()
     log: LogSettings = LogSettings()
 
     @field_validator("timezone")

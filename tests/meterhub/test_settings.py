@@ -85,3 +85,14 @@ def test_sample_config_at_repo_root_is_valid() -> None:
     settings = load_settings(sample)
     assert settings.database.url is None
     assert settings.timezone == "Asia/Shanghai"
+
+
+def test_sample_config_with_every_example_uncommented_is_valid(tmp_path: Path) -> None:
+    import re
+
+    sample = (Path(__file__).resolve().parents[2] / "meterhub.sample.toml").read_text(encoding="utf-8")
+    uncommented = re.sub(r"^# (?=\[|[a-z_]+ = )", "", sample, flags=re.MULTILINE)
+    settings = load_settings(write(tmp_path, uncommented))
+    assert settings.collector.share_group == "collectors"
+    assert [r.driver for r in settings.collector.routes] == ["native_json", "native_json", "cjt188", "json_mapping"]
+    assert settings.poller.device[0].bus == settings.poller.bus[0].name
