@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -128,3 +129,33 @@ class Batch:
         elif seen > state.last_seen_at:
             state.last_seen_at = seen
         return state
+
+
+def gather_batches(
+    inbox: queue.Queue[Any],
+    add: Callable[[Any, Batch], None],
+    emit: Callable[[Batch], None],
+    max_rows: int,
+    max_age_s: float,
+) -> None:
+    """Fill batches from `inbox` with `add` and hand each to `emit` once it holds `max_rows` rows or its
+    first message is `max_age_s` old; on None, emit what is left and return."""
+    batch = Batch()
+    while True:
+        wait = max(0.0, batch.started + max_age_s - time.monotonic()) if batch.messages else 0.5
+        try:
+            item = inbox.get(timeout=wait)
+        except queue.Empty:
+            item = False
+        if item is None:
+            if batch.messages:
+                emit(batch)
+            return
+        if item is not False:
+            if not batch.messages:
+                batch.started = time.monotonic()
+            batch.originals.append(item)
+            add(item, batch)
+        if batch.messages and (batch.rows >= max_rows or time.monotonic() - batch.started >= max_age_s):
+            emit(batch)
+            batch = Batch()

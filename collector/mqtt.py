@@ -15,7 +15,6 @@ import queue
 import random
 import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from collector.batch import Batch
+from collector.batch import Batch, gather_batches
 from collector.counters import Counters
 from collector.meters import MeterDirectory
 from collector.routes import Route, find_route
@@ -187,29 +186,9 @@ class MqttIngest:
 
     # -- decode -----------------------------------------------------------------------------------
     def _work(self) -> None:
-        batch = Batch()
         max_age = self.settings.batch_max_age_ms / 1000
-        while True:
-            wait = max(0.0, batch.started + max_age - time.monotonic()) if batch.messages else 0.5
-            try:
-                item = self._inbox.get(timeout=wait)
-            except queue.Empty:
-                item = False  # type: ignore[assignment]
-            if item is None:
-                if batch.messages:
-                    self._ready.put(batch)
-                self._ready.put(None)
-                return
-            if item:
-                if not batch.messages:
-                    batch.started = time.monotonic()
-                batch.originals.append(item)
-                self._process(item, batch)
-            if batch.messages and (
-                batch.rows >= self.settings.batch_max_readings or time.monotonic() - batch.started >= max_age
-            ):
-                self._ready.put(batch)
-                batch = Batch()
+        gather_batches(self._inbox, self._process, self._ready.put, self.settings.batch_max_readings, max_age)
+        self._ready.put(None)
 
     def _process(self, item: Inbound, batch: Batch) -> None:
         ack = self._ack_for(item)

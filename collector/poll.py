@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from collector.batch import Batch
+from collector.batch import Batch, gather_batches
 from collector.counters import Counters
 from collector.meters import MeterDirectory
 from collector.poll_devices import Cjt188Reader, Frame, MbusReader, ModbusReader, PollResult, Target
@@ -214,25 +214,7 @@ class Poller:
 
     # -- store ------------------------------------------------------------------------------------
     def _write_loop(self) -> None:
-        batch = Batch()
-        while True:
-            wait = max(0.0, batch.started + BATCH_MAX_AGE_S - time.monotonic()) if batch.messages else 0.5
-            try:
-                item = self._inbox.get(timeout=wait)
-            except queue.Empty:
-                item = False  # type: ignore[assignment]
-            if item is None:
-                if batch.messages:
-                    self.sink.commit(batch)
-                return
-            if item:
-                if not batch.messages:
-                    batch.started = time.monotonic()
-                batch.originals.append(item)
-                self._add(item, batch)
-            if batch.messages and (batch.rows >= BATCH_MAX_ROWS or time.monotonic() - batch.started >= BATCH_MAX_AGE_S):
-                self.sink.commit(batch)
-                batch = Batch()
+        gather_batches(self._inbox, self._add, self.sink.commit, BATCH_MAX_ROWS, BATCH_MAX_AGE_S)
 
     def _add(self, item: Received, batch: Batch) -> None:
         frame, target = item.frame, item.target
