@@ -26,16 +26,26 @@ def _refuse_constant(name: str) -> Any:
     raise DecodeError("bad_json", f"{name} is not a number meterhub accepts")
 
 
+def _parse_float(text: str) -> Decimal:
+    number = Decimal(text)
+    # Checked once here, so that to_decimal can trust Decimals that came out of a payload.
+    if len(text) > _MAX_DIGITS and len(number.as_tuple().digits) > _MAX_DIGITS:
+        raise DecodeError("bad_value", f"number {text[:40]!r} has more digits than meterhub keeps")
+    return number
+
+
 def load_json(payload: bytes) -> Any:
     """Parse a UTF-8 JSON payload with every non-integer number as an exact Decimal."""
     try:
-        return json.loads(payload.decode("utf-8"), parse_float=Decimal, parse_constant=_refuse_constant)
+        return json.loads(payload.decode("utf-8"), parse_float=_parse_float, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise DecodeError("bad_json", f"payload is not UTF-8 JSON: {exc}") from None
 
 
 def to_decimal(value: Any, field: str) -> Decimal:
     """A JSON number or numeric string as a finite, reasonably sized Decimal."""
+    if type(value) is Decimal and value.adjusted() <= _MAX_ADJUSTED_EXPONENT:
+        return value  # from load_json: finite, digits already checked
     if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
         raise DecodeError("bad_value", f"{field} must be a number, got {type(value).__name__}")
     try:
@@ -58,6 +68,12 @@ def to_int(value: Any, field: str) -> int:
 
 def from_epoch(value: Any, unit: str, field: str) -> datetime:
     """Epoch seconds or milliseconds ('s', 'ms', or 'auto': decided by magnitude) as UTC."""
+    if type(value) is int and value >= 0:  # the common case, without Decimal arithmetic
+        millis = unit == "ms" or (unit == "auto" and value >= 100_000_000_000)
+        seconds, rest = divmod(value, 1000) if millis else (value, 0)
+        if seconds <= 253_402_300_799:
+            return EPOCH + timedelta(seconds=seconds, milliseconds=rest)
+        raise DecodeError("bad_timestamp", f"{field} is out of range: {value}")
     try:
         number = to_decimal(value, field)
     except DecodeError as exc:
