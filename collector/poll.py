@@ -32,7 +32,6 @@ from collector.poll_devices import Cjt188Reader, Frame, MbusReader, ModbusReader
 from collector.poll_plan import BusPlan, PlannedDevice
 from collector.sink import BatchSink
 from drivers.base import Decoded, EventKind, MeterEvent
-from drivers.cjt188.settings import Workarounds
 from drivers.transports.modbus import ModbusLink, SerialParams
 from drivers.transports.serial_line import SerialLine, TcpSerialLine
 from drivers.transports.wire import rtu_silence_s
@@ -140,7 +139,7 @@ class Poller:
             assert bus.host is not None and bus.port is not None
             line = TcpSerialLine(bus.host, bus.port, silence_s if silence_s is not None else 0.005, bus.baudrate)
         if bus.protocol == "cjt188":
-            return line, Cjt188Reader(line, timeout, retries, Workarounds(preamble=bus.preamble))
+            return line, Cjt188Reader(line, timeout, retries, bus.cjt188_workarounds)
         return line, MbusReader(line, timeout, retries)
 
     async def _run_bus(self, plan: BusPlan) -> None:

@@ -115,6 +115,9 @@ class ModbusReader:
                 result.error = str(exc)
                 if attempt == self.retries:
                     return None
+            finally:
+                for bad in self.link.take_rejected():  # e.g. a bad CRC: the attempt failed, the frame is kept
+                    result.reject(bad.raw, bad.reason, f"{block}: {bad.detail}")
         return None
 
 

@@ -7,9 +7,12 @@ polled one request at a time; buses are polled concurrently.
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import replace
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
+
+from drivers.cjt188.settings import Workarounds
 
 Protocol = Literal["modbus", "cjt188", "mbus"]
 
@@ -35,6 +38,11 @@ class PollBus(BaseModel):
     preamble: int = Field(default=2, ge=0, le=16, description="CJ/T 188: FE wake-up bytes before each request")
     timeout_s: float | None = Field(default=None, gt=0, description="per request; default poller.timeout_s")
     retries: int | None = Field(default=None, ge=0, le=10)
+    workarounds: dict[str, Any] = Field(
+        default_factory=dict,
+        description="CJ/T 188 vendor differences of this bus's meters, as the cjt188 driver's [workarounds] "
+        "(di_order, clock_order, status_bit_order, timestamp, clock_utc_offset, meter_type, preamble, ...)",
+    )
 
     @model_validator(mode="after")
     def _one_endpoint(self) -> PollBus:
@@ -44,7 +52,23 @@ class PollBus(BaseModel):
             raise ValueError(f"bus {self.name!r}: host needs a port")
         if self.framer is not None and self.protocol != "modbus":
             raise ValueError(f"bus {self.name!r}: framer applies to modbus buses only")
+        if self.workarounds and self.protocol != "cjt188":
+            raise ValueError(f"bus {self.name!r}: workarounds apply to cjt188 buses only")
+        try:
+            found = Workarounds.from_mapping(self.workarounds)
+        except ValueError as exc:
+            raise ValueError(f"bus {self.name!r}: {exc}") from None
+        if "preamble" in self.workarounds and "preamble" in self.model_fields_set and found.preamble != self.preamble:
+            raise ValueError(f"bus {self.name!r}: preamble and workarounds.preamble differ; set one")
         return self
+
+    @property
+    def cjt188_workarounds(self) -> Workarounds:
+        """The bus's workarounds; the wake-up preamble from workarounds.preamble, else from preamble."""
+        found = Workarounds.from_mapping(self.workarounds)
+        if "preamble" in self.workarounds:
+            return found
+        return replace(found, preamble=self.preamble)
 
     @property
     def modbus_framer(self) -> Literal["socket", "rtu"]:

@@ -5,6 +5,7 @@ totals growing with flow, pressure and temperature wandering, the battery slowly
 answers reads from the register image `encode_values` builds. Writing the valve coil or register
 changes the valve state it reports. A `ModbusSlave` serves devices by unit id over Modbus TCP, RTU
 over TCP or RTU on a serial port (a pseudo-terminal in tests), through pymodbus' own server.
+Faults: a silent device, a late answer, and (RTU) scripted answers with a bad CRC.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -74,6 +76,8 @@ class SimulatedDevice:
     speed: float = 1.0  # simulated seconds per real second; 0 freezes the values
     delay_s: float = 0.0  # late answer
     silent: bool = False  # no answer at all
+    faults: deque[str] = field(default_factory=deque)  # taken one per answer: "bad_crc" or "none" (RTU only)
+    corrupted: list[bytes] = field(default_factory=list)  # the bad-CRC answers as sent
     writes: list[tuple[int, int, tuple[int, ...]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -169,6 +173,13 @@ class SimulatedDevice:
                 self._drive_valve(words[0])
             self._rebuild()
 
+    def corrupt(self, answer: bytes) -> bytes:
+        """The RTU answer as it goes on the wire, after the next scripted fault."""
+        if self.faults and self.faults.popleft() == "bad_crc":
+            answer = answer[:-1] + bytes([answer[-1] ^ 0xFF])
+            self.corrupted.append(answer)
+        return answer
+
     def _drive_valve(self, value: int) -> None:
         assert self.profile.valve is not None
         write = self.profile.valve.write
@@ -250,12 +261,26 @@ class ModbusSlave:
         server: Any
         if self.serial_device is not None:
             server = ModbusSerialServer(
-                placeholder, framer=self.framer, port=self.serial_device, baudrate=self.baudrate, parity=self.parity
+                placeholder,
+                framer=self.framer,
+                port=self.serial_device,
+                baudrate=self.baudrate,
+                parity=self.parity,
+                trace_packet=self._trace,
             )
         else:
-            server = ModbusTcpServer(placeholder, framer=self.framer, address=(self.host, self.port))
+            server = ModbusTcpServer(
+                placeholder, framer=self.framer, address=(self.host, self.port), trace_packet=self._trace
+            )
         server.context = _Datastore(self.devices)  # answer from the profiles' register images
         return server
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        """Outgoing RTU answers pass the addressed device's fault script (the unit id is the first byte)."""
+        if not sending or self.framer is not FramerType.RTU or not data:
+            return data
+        device = next((d for d in self.devices if d.unit == data[0]), None)
+        return device.corrupt(data) if device is not None else data
 
     async def serve(self) -> None:
         self._server = self.build_server()

@@ -4,7 +4,8 @@ The collector opens `line.path` like any serial port. The simulator reads reques
 end, answers for the meters it hosts, and injects faults: no answer, late answer, bad checksum,
 garbage bytes, partial frames. With `baudrate` set it emulates wire time: a request occupies the
 line for its bytes × bits per character / baud before the meter can see it, and an answer takes as
-long to come out.
+long to come out. A CJ/T 188 bus can emulate a vendor's dialect with the driver's `Workarounds`
+(DI byte order, clock order, status bit order, UTC offset, preamble of its answers).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from drivers.cjt188.frame import Frame as Cjt188Frame
 from drivers.cjt188.frame import control_code, decimal_to_bcd, decode_frame, encode_frame, int_to_bcd
 from drivers.cjt188.framer import RawFrame
 from drivers.cjt188.framer import StreamFramer as Cjt188Framer
+from drivers.cjt188.settings import Workarounds
 from drivers.mbus import link as mbus
 from drivers.transports.wire import char_bits
 
@@ -144,8 +146,10 @@ class Cjt188Meter:
     flow_m3h: Decimal = Decimal(0)  # gas use while open, per real hour
     _last: float = field(default_factory=time.monotonic)
 
-    def status(self) -> bytes:
+    def status(self, dialect: Workarounds | None = None) -> bytes:
         first = (0b01 if self.valve_closed else 0b00) | (0x04 if self.battery_low else 0)
+        if dialect is not None and dialect.status_bit_order == "msb_first":
+            first = int(f"{first:08b}"[::-1], 2)
         return bytes([first, 0])
 
     def advance(self) -> None:
@@ -155,20 +159,22 @@ class Cjt188Meter:
             self.volume_m3 = (self.volume_m3 + self.flow_m3h * hours).quantize(Decimal("0.01"))
         self._last = now
 
-    def payload(self, di: int, now: datetime) -> bytes | None:
+    def payload(self, di: int, now: datetime, dialect: Workarounds | None = None) -> bytes | None:
         self.advance()
+        dialect = dialect or Workarounds(clock_utc_offset=CHINA)
         if di == cjt188.DI_METERING:
-            local = now.astimezone(CHINA)
-            t = local
+            t = now.astimezone(dialect.clock_utc_offset)
             fields = (t.second, t.minute, t.hour, t.day, t.month, t.year % 100, t.year // 100)
             clock = b"".join(int_to_bcd(v, 1) for v in fields)
+            if dialect.clock_order == "cc_first":
+                clock = clock[::-1]
             return (
                 decimal_to_bcd(self.volume_m3, 4, 2)
                 + b"\x2c"
                 + decimal_to_bcd(self.settlement_m3, 4, 2)
                 + b"\x2c"
                 + clock
-                + self.status()
+                + self.status(dialect)
             )
         if di == cjt188.DI_PURCHASE_READ:
             return (
@@ -176,7 +182,7 @@ class Cjt188Meter:
                 + decimal_to_bcd(self.last_purchase_cny, 4, 2)
                 + decimal_to_bcd(self.purchased_total_cny, 4, 2)
                 + decimal_to_bcd(self.remaining_cny, 4, 2)
-                + self.status()
+                + self.status(dialect)
             )
         if cjt188.DI_HISTORY_FIRST <= di <= cjt188.DI_HISTORY_LAST:
             return decimal_to_bcd(self.history_m3[di - cjt188.DI_HISTORY_FIRST], 4, 2) + b"\x2c"
@@ -186,18 +192,29 @@ class Cjt188Meter:
 class Cjt188Bus(PtyLine):
     """CJ/T 188 meters sharing one RS-485 line (typically 2400 baud 8E1)."""
 
-    def __init__(self, meters: list[Cjt188Meter], baudrate: int | None = None, preamble: int = 2, seed: int = 1):
+    def __init__(
+        self,
+        meters: list[Cjt188Meter],
+        baudrate: int | None = None,
+        preamble: int = 2,
+        seed: int = 1,
+        workarounds: Workarounds | None = None,
+    ) -> None:
         super().__init__(baudrate, char_bits(8, "E", 1), seed)
         self.meters = {m.address.upper(): m for m in meters}
         self.preamble = preamble
+        self.dialect = workarounds or Workarounds(clock_utc_offset=CHINA)  # how these meters frame and encode
         self.framer = Cjt188Framer()
+
+    def _encode(self, reply: Cjt188Frame) -> bytes:
+        return encode_frame(reply, self.dialect.di_order, self.preamble)
 
     def feed(self, data: bytes) -> list[bytes]:
         return [item.data for item in self.framer.feed(data) if isinstance(item, RawFrame)]
 
     def respond(self, request: bytes) -> None:
         try:
-            frame = decode_frame(request)
+            frame = decode_frame(request, self.dialect.di_order)
         except Exception:
             return
         if frame.from_meter:
@@ -207,7 +224,7 @@ class Cjt188Bus(PtyLine):
                 return  # several meters answering a broadcast would collide
             only = next(iter(self.meters.values()))
             reply = Cjt188Frame(0x30, only.address, control_code(0x03, from_meter=True), frame.di, frame.ser)
-            self.send(encode_frame(reply, preamble=self.preamble), only.faults.pick(self.rng), only.faults.late_s)
+            self.send(self._encode(reply), only.faults.pick(self.rng), only.faults.late_s)
             return
         found = self.meters.get(frame.address.upper())
         if found is None:
@@ -216,15 +233,17 @@ class Cjt188Bus(PtyLine):
         fault = meter.faults.pick(self.rng)
         if frame.function == cjt188.FN_WRITE and frame.di == cjt188.DI_VALVE and frame.payload:
             meter.valve_closed = frame.payload[0] == 0x99
-            reply = Cjt188Frame(0x30, meter.address, control_code(0x04, True), frame.di, frame.ser, meter.status())
+            status = meter.status(self.dialect)
+            reply = Cjt188Frame(0x30, meter.address, control_code(0x04, True), frame.di, frame.ser, status)
         else:
-            payload = meter.payload(frame.di, datetime.now(UTC)) if frame.function == cjt188.FN_READ else None
+            now = datetime.now(UTC)
+            payload = meter.payload(frame.di, now, self.dialect) if frame.function == cjt188.FN_READ else None
             if payload is None:
                 reply = Cjt188Frame(0x30, meter.address, control_code(frame.function, True, error=True), frame.di,
                                     frame.ser, b"\x01")  # fmt: skip
             else:
                 reply = Cjt188Frame(0x30, meter.address, control_code(0x01, True), frame.di, frame.ser, payload)
-        self.send(encode_frame(reply, preamble=self.preamble), fault, meter.faults.late_s)
+        self.send(self._encode(reply), fault, meter.faults.late_s)
 
 
 # --- M-Bus -------------------------------------------------------------------------------------

@@ -2,19 +2,25 @@
 
 One `ModbusLink` is one connection; pymodbus sends one request at a time on it. The link moves
 register words and bits; the modbus driver plans and decodes them.
+
+RTU framing (serial, RTU over TCP) goes through `CheckedRtuFramer`: pymodbus' RTU framer silently
+drops a frame whose CRC does not match, which would only show up as a timeout. Ours keeps the raw
+bytes as a `RejectedFrame` (taken with `take_rejected()`) and ends the request at once with a
+`LinkError`, so the caller dead-letters the frame and retries without waiting for the timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
-from pymodbus.framer import FramerType
+from pymodbus.framer import FramerRTU, FramerType
+from pymodbus.pdu import DecodePDU
 
 READ_CODES = (1, 2, 3, 4)
 
@@ -30,6 +36,31 @@ class DeviceException(Exception):
         super().__init__(f"function {function_code:02X}: exception code {exception_code:02X}")
         self.function_code = function_code
         self.exception_code = exception_code
+
+
+class BadFrame(ModbusException):
+    """A received frame that failed its check; ends the pending request early."""
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedFrame:
+    raw: bytes
+    reason: str  # bad_crc
+    detail: str
+
+
+class CheckedRtuFramer(FramerRTU):
+    """pymodbus' RTU framer, reporting a frame with a bad CRC instead of dropping it silently."""
+
+    def __init__(self, decoder: DecodePDU, on_bad: Callable[[bytes], None]) -> None:
+        super().__init__(decoder)
+        self.on_bad = on_bad
+
+    def decode(self, data: bytes) -> tuple[int, int, int, bytes]:
+        used, dev_id, tid, pdu = super().decode(data)
+        if used and not pdu:  # the parent's only "consumed, no frame" case: a CRC mismatch
+            self.on_bad(bytes(data[:used]))
+        return used, dev_id, tid, pdu
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +85,7 @@ class ModbusLink:
         timeout_s: float = 1.0,
     ) -> None:
         self.last_received = b""
+        self.rejected: list[RejectedFrame] = []
         self.timeout_s = timeout_s
         framer_type = FramerType.RTU if framer == "rtu" else FramerType.SOCKET
         self.client: AsyncModbusTcpClient | AsyncModbusSerialClient
@@ -86,11 +118,25 @@ class ModbusLink:
         else:
             raise ValueError("a Modbus link needs a host or a serial device")
         self.client.set_max_no_responses(1_000_000)  # the poller decides when a device is gone, not pymodbus
+        if device is not None or framer == "rtu":
+            self.client.ctx.framer = CheckedRtuFramer(self.client.ctx.framer.decoder, self._bad_frame)
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         if not sending:
             self.last_received = bytes(data)
         return data
+
+    def _bad_frame(self, raw: bytes) -> None:
+        detail = f"Modbus RTU CRC check failed on {len(raw)} bytes from {self.endpoint}"
+        self.rejected.append(RejectedFrame(raw, "bad_crc", detail))
+        future: asyncio.Future[Any] = self.client.ctx.response_future
+        if not future.done():
+            future.set_exception(BadFrame(f"bad CRC in a {len(raw)}-byte answer"))
+
+    def take_rejected(self) -> list[RejectedFrame]:
+        """Frames received and rejected since the last call, oldest first."""
+        found, self.rejected = self.rejected, []
+        return found
 
     @property
     def connected(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -25,6 +26,7 @@ from tests.collector.poll_helpers import (
     meter_valve,
     poller_settings,
     readings_count,
+    rejected,
     running_poller,
 )
 
@@ -124,6 +126,33 @@ def test_a_silent_device_goes_offline_without_holding_up_its_bus(store: Store) -
     # Every 0.25 s the live meter is due; the dead one costs its 0.3 s timeout and then backs off.
     assert readings_count(store, meters[0]) / elapsed >= 1.5
     assert poller.devices[meters[1]].offline
+
+
+def test_rtu_answer_with_a_bad_crc_is_dead_lettered_and_the_retry_is_stored(store: Store) -> None:
+    """RTU over TCP (a serial gateway): the corrupted answer is kept byte for byte, the retry succeeds at once."""
+    device = SimulatedDevice.shipped("generic_residential", unit=4, speed=0, faults=deque(["bad_crc"]))
+    port = free_port()
+    slave = ModbusSlave([device], port=port, framer="rtu").start()
+    [meter] = add_meters(store, 1, "modbus")
+    settings = poller_settings(
+        [{"name": "gw", "protocol": "modbus", "host": "127.0.0.1", "port": port, "framer": "rtu"}],
+        [{"meter_no": meter, "bus": "gw", "address": "4", "profile": "generic_residential"}],
+        retries=1,
+        timeout_s=5.0,  # a bad CRC must not cost the timeout
+    )
+    try:
+        with running_poller(store, settings) as poller:
+            started = time.monotonic()
+            wait_until(lambda: readings_count(store, meter) >= 1, 4, "a reading after the bad CRC")
+            wait_until(lambda: rejected(store), 5, "the bad frame dead-lettered")
+    finally:
+        slave.stop()
+    assert time.monotonic() - started < 4
+    [bad] = device.corrupted
+    assert rejected(store) == [("bad_crc", bad, f"modbus:127.0.0.1:{port}/4")]
+    assert bad[0] == 4 and bad[1] == 3, "unit 4, read holding registers"
+    assert latest(store, meter)["volume_m3"] == device.values["volume_m3"]
+    assert poller.stats["polls_failed"] == 0
 
 
 def test_reads_a_slave_that_is_not_ours(store: Store) -> None:

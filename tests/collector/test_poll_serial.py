@@ -11,6 +11,7 @@ from decimal import Decimal
 import pytest
 
 from collector.poll_devices import Cjt188Reader
+from collector.poll_plan import build_plan
 from drivers.cjt188.settings import Workarounds
 from drivers.transports.serial_line import SerialLine
 from meterhub.store import Store
@@ -115,6 +116,36 @@ def test_a_dead_meter_does_not_delay_the_others_beyond_its_timeout(store: Store,
     # each live meter is due every 0.5 s; the dead one costs ≤ 0.3 s per attempt and is backed off
     assert poller.stats["polls_ok"] / elapsed >= 2 * 0.7 / 0.5
     assert poller.devices[meters[1]].offline
+
+
+def test_a_bus_of_vendor_meters_is_read_with_its_workarounds(store: Store) -> None:
+    """A 2018-style vendor: DI little-endian, clock century first, status bits numbered from the top."""
+    dialect = {"di_order": "little", "clock_order": "cc_first", "status_bit_order": "msb_first", "preamble": 3}
+    meters = [Cjt188Meter(A1, volume_m3=Decimal("321.09"), valve_closed=True)]
+    bus = Cjt188Bus(meters, workarounds=Workarounds.from_mapping(dialect)).start()  # the meters speak it too
+    [meter] = add_meters(store, 1, "cjt188")
+    settings = poller_settings(
+        [serial_bus("vendor", "cjt188", bus.path, workarounds=dialect)],
+        [{"meter_no": meter, "bus": "vendor", "address": A1, "reads": ["purchase"]}],
+    )
+    assert build_plan(settings)[0].bus.cjt188_workarounds.preamble == 3
+    try:
+        with running_poller(store, settings):
+            wait_until(lambda: "credit_remaining_cny" in latest(store, meter), 15, "metering and purchase data")
+    finally:
+        bus.stop()
+    assert latest(store, meter)["volume_m3"] == Decimal("321.09")
+    assert meter_valve(store, meter) == ("closed", "closed"), "status bits read from the top"
+    assert rejected(store) == []
+
+
+def test_workarounds_are_checked_per_bus() -> None:
+    with pytest.raises(ValueError, match=r"bus 'vendor': cjt188: workarounds\.di_order must be one of big, little"):
+        poller_settings([serial_bus("vendor", "cjt188", "/dev/null", workarounds={"di_order": "middle"})], [])
+    with pytest.raises(ValueError, match="workarounds apply to cjt188 buses only"):
+        poller_settings([serial_bus("m", "mbus", "/dev/null", workarounds={"di_order": "little"})], [])
+    with pytest.raises(ValueError, match=r"preamble and workarounds\.preamble differ"):
+        poller_settings([serial_bus("v", "cjt188", "/dev/null", preamble=2, workarounds={"preamble": 4})], [])
 
 
 def test_read_the_address_of_the_only_meter_on_the_line() -> None:

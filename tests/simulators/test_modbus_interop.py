@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections import deque
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -17,7 +18,15 @@ from drivers.base import ValveState
 from meterhub.store import Store
 from simulators.modbus_slave import ModbusSlave, SimulatedDevice
 from tests.collector.helpers import wait_until
-from tests.collector.poll_helpers import add_meters, free_port, latest, poller_settings, readings_count, running_poller
+from tests.collector.poll_helpers import (
+    add_meters,
+    free_port,
+    latest,
+    poller_settings,
+    readings_count,
+    rejected,
+    running_poller,
+)
 
 REQUIRE = os.environ.get("METERHUB_REQUIRE_SERVICES") == "1"
 
@@ -108,3 +117,27 @@ def test_modbus_rtu_on_a_serial_line_into_the_store(store: Store, serial_pair: t
     for meter, device in zip(meters, devices, strict=True):
         published = {p.channel for p in device.profile.points if p.publish}
         assert latest(store, meter) == {channel: device.values[channel] for channel in published}
+
+
+def test_modbus_rtu_bad_crc_on_a_serial_line_is_dead_lettered(store: Store, serial_pair: tuple[str, str]) -> None:
+    slave_end, master_end = serial_pair
+    device = SimulatedDevice.shipped("sick_flowsic500", unit=1, seed=5, speed=0, faults=deque(["none", "bad_crc"]))
+    slave = ModbusSlave([device], serial_device=slave_end, baudrate=38400).start()
+    [meter] = add_meters(store, 1, "modbus")
+    settings = poller_settings(
+        [{"name": "rtu", "protocol": "modbus", "device": master_end, "baudrate": 38400, "parity": "N"}],
+        [{"meter_no": meter, "bus": "rtu", "address": "1", "profile": "sick_flowsic500"}],
+        timeout_s=1.0,
+        retries=1,
+    )
+    try:
+        with running_poller(store, settings) as poller:
+            wait_until(lambda: readings_count(store, meter) >= 1, 20, "a reading after the bad CRC")
+            wait_until(lambda: rejected(store), 5, "the bad frame dead-lettered")
+    finally:
+        slave.stop()
+    [bad] = device.corrupted
+    assert rejected(store) == [("bad_crc", bad, f"modbus:{master_end}/1")]
+    published = {p.channel for p in device.profile.points if p.publish}
+    assert latest(store, meter) == {channel: device.values[channel] for channel in published}
+    assert poller.stats["polls_failed"] == 0
