@@ -95,11 +95,15 @@ class Batch:
                 state.battery_v = s.battery_v
             if s.rssi_dbm is not None:
                 state.rssi_dbm = s.rssi_dbm
+        # A reply whose frame also carried the meter's status (a CJ/T 188 901F read, an A017 ack with ST)
+        # names the valve, as evidence for reconciliation that does not depend on the meter's clock.
+        valves = {s.meter_no: s.valve.value for s in decoded.statuses if s.valve is not None}
         for reply in decoded.replies:
             self._state(meter_ids[reply.meter_no], received_at)
-            self.replies.append(
-                (meter_ids[reply.meter_no], reply.correlation_id, reply.ok, reply.ts, dict(reply.detail))
-            )
+            detail = dict(reply.detail)
+            if "valve" not in detail and reply.meter_no in valves:
+                detail["valve"] = valves[reply.meter_no]
+            self.replies.append((meter_ids[reply.meter_no], reply.correlation_id, reply.ok, reply.ts, detail))
         self.messages_ok += 1
         if ack is not None:
             self.acks.append(ack)

@@ -375,9 +375,12 @@ def record_replies(conn: psycopg.Connection[Any], replies: list[tuple[Any, ...]]
             if ok and kind == "credit":
                 book_credit(conn, command_id)
             if ok and sent_kind in EXPECTED_VALVE and "valve" not in detail:
+                # Acknowledged without a state: the meter did what was asked. Only an arm leaves an
+                # already open valve alone.
                 conn.execute(
-                    "UPDATE meter SET valve_state = %s WHERE id = %s AND valve_state <> 'open'",
-                    [EXPECTED_VALVE[sent_kind][0], meter_id],
+                    "UPDATE meter SET valve_state = %s WHERE id = %s "
+                    "AND valve_state IS DISTINCT FROM %s AND NOT (%s = 'valve_arm' AND valve_state = 'open')",
+                    [EXPECTED_VALVE[sent_kind][0], meter_id, EXPECTED_VALVE[sent_kind][0], sent_kind],
                 )
         else:
             conn.execute(

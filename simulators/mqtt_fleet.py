@@ -115,37 +115,35 @@ def huawei_json(prefix: str = "$oc") -> Encoder:
     return encode
 
 
+def cjt188_metering(meter: VirtualMeter, ts: datetime, volume: Decimal, clock_offset: timedelta) -> bytes:
+    """901F data: cumulative and settlement volume (m³, 2 decimals), the meter's local clock, ST."""
+    from drivers.cjt188.frame import decimal_to_bcd
+
+    local = (ts + clock_offset).replace(tzinfo=None)
+    clock = bytes(
+        int(f"{v:02d}", 16)
+        for v in (local.second, local.minute, local.hour, local.day, local.month, local.year % 100, local.year // 100)
+    )
+    hundredths = volume.quantize(Decimal("0.01"), rounding="ROUND_DOWN")
+    volume_bcd = decimal_to_bcd(hundredths, 4, 2) + b"\x2c"
+    return volume_bcd + volume_bcd + clock + cjt188_status(meter)
+
+
+def cjt188_status(meter: VirtualMeter) -> bytes:
+    """ST: valve in bits 1–0 (an armed valve is still closed), battery low in bit 2."""
+    valve_bits = {"open": 0b00, "closed": 0b01, "armed": 0b01}.get(meter.valve, 0b11)
+    battery_bit = 0b100 if meter.battery_v < Decimal("3.3") else 0
+    return bytes([valve_bits | battery_bit, 0])
+
+
 def cjt188_push(prefix: str = "cjt188", clock_offset: timedelta = timedelta(hours=8)) -> Encoder:
     """NB-IoT modules pushing CJ/T 188 901F data frames (function 04), one frame per reading, as hex text."""
-    from drivers.cjt188.frame import Frame, decimal_to_bcd, encode_frame
+    from drivers.cjt188.frame import Frame, encode_frame
 
     def encode(meter: VirtualMeter, readings: list[tuple[datetime, Decimal]]) -> tuple[str, bytes]:
         frames = []
         for ts, volume in readings:
-            local = (ts + clock_offset).replace(tzinfo=None)
-            clock = bytes(
-                int(f"{v:02d}", 16)
-                for v in (
-                    local.second,
-                    local.minute,
-                    local.hour,
-                    local.day,
-                    local.month,
-                    local.year % 100,
-                    local.year // 100,
-                )
-            )
-            valve_bits = {"open": 0b00, "closed": 0b01}.get(meter.valve, 0b11)
-            battery_bit = 0b100 if meter.battery_v < Decimal("3.3") else 0
-            hundredths = volume.quantize(Decimal("0.01"), rounding="ROUND_DOWN")
-            payload = (
-                decimal_to_bcd(hundredths, 4, 2)
-                + b"\x2c"
-                + decimal_to_bcd(hundredths, 4, 2)
-                + b"\x2c"
-                + clock
-                + bytes([valve_bits | battery_bit, 0])
-            )
+            payload = cjt188_metering(meter, ts, volume, clock_offset)
             frame = Frame(meter_type=0x30, address=meter.address, control=0x04, di=0x901F, ser=0, payload=payload)
             frames.append(encode_frame(frame, preamble=2))
         return f"{prefix}/{meter.meter_no}/up", b"".join(frames).hex(" ").upper().encode()
