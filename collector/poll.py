@@ -29,7 +29,7 @@ from collector.batch import Batch, gather_batches
 from collector.counters import Counters
 from collector.meters import MeterDirectory
 from collector.poll_devices import Cjt188Reader, Frame, MbusReader, ModbusReader, PollResult, Target
-from collector.poll_plan import BusPlan, PlannedDevice
+from collector.poll_plan import BusPlan, PlannedDevice, bus_workarounds
 from collector.sink import BatchSink
 from drivers.base import Decoded, EventKind, MeterEvent
 from drivers.transports.modbus import ModbusLink, SerialParams
@@ -139,7 +139,7 @@ class Poller:
             assert bus.host is not None and bus.port is not None
             line = TcpSerialLine(bus.host, bus.port, silence_s if silence_s is not None else 0.005, bus.baudrate)
         if bus.protocol == "cjt188":
-            return line, Cjt188Reader(line, timeout, retries, bus.cjt188_workarounds)
+            return line, Cjt188Reader(line, timeout, retries, bus_workarounds(bus))
         return line, MbusReader(line, timeout, retries)
 
     async def _run_bus(self, plan: BusPlan) -> None:

@@ -8,9 +8,10 @@ across processes by giving each its own buses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from collector.poll_devices import Target
+from drivers.cjt188.settings import Workarounds
 from drivers.modbus import driver as modbus_driver
 from meterhub.poller_settings import PollBus, PollDevice, PollerSettings
 from meterhub.store import Store
@@ -51,10 +52,26 @@ def devices_from_store(store: Store) -> list[PollDevice]:
     return found
 
 
+def bus_workarounds(bus: PollBus) -> Workarounds:
+    """A CJ/T 188 bus's vendor workarounds; the wake-up preamble from workarounds.preamble, else preamble."""
+    try:
+        found = Workarounds.from_mapping(bus.workarounds)
+    except ValueError as exc:
+        raise PlanError(f"bus {bus.name!r}: {exc}") from None
+    if "preamble" not in bus.workarounds:
+        return replace(found, preamble=bus.preamble)
+    if "preamble" in bus.model_fields_set and found.preamble != bus.preamble:
+        raise PlanError(f"bus {bus.name!r}: preamble and workarounds.preamble differ; set one")
+    return found
+
+
 def build_plan(settings: PollerSettings, extra: list[PollDevice] = ()) -> list[BusPlan]:  # type: ignore[assignment]
-    """The buses this collector owns, with their devices; PlanError for a device that cannot be polled."""
+    """The buses this collector owns, with their devices; PlanError for a bus or device that cannot be polled."""
     owned = set(settings.buses)
     plans = {bus.name: BusPlan(bus) for bus in settings.bus if not owned or bus.name in owned}
+    for plan in plans.values():
+        if plan.bus.protocol == "cjt188":
+            bus_workarounds(plan.bus)  # a wrong vendor setting stops the collector at start, naming it
     seen: set[str] = set()
     for device in [*settings.device, *extra]:
         if device.meter_no in seen or device.bus not in plans:

@@ -7,12 +7,9 @@ polled one request at a time; buses are polled concurrently.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
-
-from drivers.cjt188.settings import Workarounds
 
 Protocol = Literal["modbus", "cjt188", "mbus"]
 
@@ -54,21 +51,7 @@ class PollBus(BaseModel):
             raise ValueError(f"bus {self.name!r}: framer applies to modbus buses only")
         if self.workarounds and self.protocol != "cjt188":
             raise ValueError(f"bus {self.name!r}: workarounds apply to cjt188 buses only")
-        try:
-            found = Workarounds.from_mapping(self.workarounds)
-        except ValueError as exc:
-            raise ValueError(f"bus {self.name!r}: {exc}") from None
-        if "preamble" in self.workarounds and "preamble" in self.model_fields_set and found.preamble != self.preamble:
-            raise ValueError(f"bus {self.name!r}: preamble and workarounds.preamble differ; set one")
         return self
-
-    @property
-    def cjt188_workarounds(self) -> Workarounds:
-        """The bus's workarounds; the wake-up preamble from workarounds.preamble, else from preamble."""
-        found = Workarounds.from_mapping(self.workarounds)
-        if "preamble" in self.workarounds:
-            return found
-        return replace(found, preamble=self.preamble)
 
     @property
     def modbus_framer(self) -> Literal["socket", "rtu"]:

@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from collector.poll_devices import Cjt188Reader
-from collector.poll_plan import build_plan
+from collector.poll_plan import build_plan, bus_workarounds
 from drivers.cjt188.settings import Workarounds
 from drivers.transports.serial_line import SerialLine
 from meterhub.store import Store
@@ -128,7 +128,7 @@ def test_a_bus_of_vendor_meters_is_read_with_its_workarounds(store: Store) -> No
         [serial_bus("vendor", "cjt188", bus.path, workarounds=dialect)],
         [{"meter_no": meter, "bus": "vendor", "address": A1, "reads": ["purchase"]}],
     )
-    assert build_plan(settings)[0].bus.cjt188_workarounds.preamble == 3
+    assert bus_workarounds(build_plan(settings)[0].bus).preamble == 3
     try:
         with running_poller(store, settings):
             wait_until(lambda: "credit_remaining_cny" in latest(store, meter), 15, "metering and purchase data")
@@ -141,11 +141,15 @@ def test_a_bus_of_vendor_meters_is_read_with_its_workarounds(store: Store) -> No
 
 def test_workarounds_are_checked_per_bus() -> None:
     with pytest.raises(ValueError, match=r"bus 'vendor': cjt188: workarounds\.di_order must be one of big, little"):
-        poller_settings([serial_bus("vendor", "cjt188", "/dev/null", workarounds={"di_order": "middle"})], [])
+        build_plan(
+            poller_settings([serial_bus("vendor", "cjt188", "/dev/null", workarounds={"di_order": "middle"})], [])
+        )
     with pytest.raises(ValueError, match="workarounds apply to cjt188 buses only"):
         poller_settings([serial_bus("m", "mbus", "/dev/null", workarounds={"di_order": "little"})], [])
     with pytest.raises(ValueError, match=r"preamble and workarounds\.preamble differ"):
-        poller_settings([serial_bus("v", "cjt188", "/dev/null", preamble=2, workarounds={"preamble": 4})], [])
+        build_plan(
+            poller_settings([serial_bus("v", "cjt188", "/dev/null", preamble=2, workarounds={"preamble": 4})], [])
+        )
 
 
 def test_read_the_address_of_the_only_meter_on_the_line() -> None:
