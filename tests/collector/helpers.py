@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -84,3 +89,56 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 60, what: str = "
 
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+class CollectorProcess:
+    """`meterhub collect` as its own process, configured by a TOML file; `extra` is appended to it."""
+
+    def __init__(
+        self, tmp_path: Path, db_url: str, broker: BrokerAddress, topic: str, client_id: str, extra: str = ""
+    ) -> None:
+        config = tmp_path / f"{client_id}.toml"
+        config.write_text(
+            f"""
+[database]
+url = "{db_url}"
+pool_min = 0
+[mqtt]
+url = "{broker.url}"
+[collector]
+client_id = "{client_id}"
+session_expiry_s = 600
+metrics_port = 0
+[[collector.routes]]
+filter = "{topic}/+/up"
+driver = "native_json"
+settings = {{ topic_prefix = "{topic}" }}
+{extra}""",
+            encoding="utf-8",
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("METERHUB_")}
+        self.config, self.env = config, env
+        self.log = open(tmp_path / f"{client_id}-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "meterhub", "--config", str(config), "collect"],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.log.close()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if not self.log.closed:
+            self.log.close()
+        return self.proc.returncode

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -24,7 +23,15 @@ from collector.routes import build_routes
 from meterhub.broker import BrokerAddress, LocalBroker, start_mosquitto
 from meterhub.embedded import EmbeddedPostgres
 from meterhub.store import Store
-from tests.collector.helpers import T0, Publisher, collector_settings, reading_payload, unique, wait_until
+from tests.collector.helpers import (
+    T0,
+    CollectorProcess,
+    Publisher,
+    collector_settings,
+    reading_payload,
+    unique,
+    wait_until,
+)
 from tests.conftest import REQUIRE_SERVICES, settings_for
 from tests.meterhub.factories import make_meter
 
@@ -86,55 +93,6 @@ def seeded_database(database_factory: Callable[[], str], tmp_path: Path, meters:
         with store.transaction(actor="setup") as conn:
             ids = {f"M{i:08d}": make_meter(conn, i)["meter"] for i in range(1, meters + 1)}
     return url, ids
-
-
-class CollectorProcess:
-    """`meterhub collect` as its own process, configured by a TOML file."""
-
-    def __init__(self, tmp_path: Path, db_url: str, broker: BrokerAddress, topic: str, client_id: str) -> None:
-        config = tmp_path / f"{client_id}.toml"
-        config.write_text(
-            f"""
-[database]
-url = "{db_url}"
-pool_min = 0
-[mqtt]
-url = "{broker.url}"
-[collector]
-client_id = "{client_id}"
-session_expiry_s = 600
-metrics_port = 0
-[[collector.routes]]
-filter = "{topic}/+/up"
-driver = "native_json"
-settings = {{ topic_prefix = "{topic}" }}
-""",
-            encoding="utf-8",
-        )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("METERHUB_")}
-        self.config, self.env = config, env
-        self.log = open(tmp_path / f"{client_id}-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "meterhub", "--config", str(config), "collect"],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
 
 
 def test_kill_9_with_thousands_in_flight_then_restart_stores_each_reading_once(
