@@ -37,12 +37,12 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.scratch_db import scratch_database
 from collector.batch import Batch
 from collector.mqtt import MqttIngest
 from collector.routes import build_routes
 from collector.writer import write_batch
 from meterhub.broker import BrokerAddress, start_mosquitto
-from meterhub.embedded import EmbeddedPostgres
 from meterhub.settings import CollectorSettings, MqttRoute, load_settings
 from meterhub.store import Store
 
@@ -305,65 +305,50 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="meterhub-bench-"))
     broker = start_mosquitto(workdir=workdir / "mqtt")
-    server = None
-    maintenance_url = args.database_url
-    if not maintenance_url:
-        server = EmbeddedPostgres(workdir / "data")
-        maintenance_url = server.url("postgres")
-        server.acquire()
-    bench_db = f"meterhub_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(maintenance_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{bench_db}"')
-    params = psycopg.conninfo.conninfo_to_dict(maintenance_url)
-    params["dbname"] = bench_db
-    url = psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
-    settings = load_settings(None, database={"url": url, "pool_min": 1, "pool_max": 4}, data_dir=workdir)
-    results: dict[str, Any] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "database": "embedded PostgreSQL" if server else "external PostgreSQL",
-        "postgres": psycopg.connect(url).info.server_version,
-    }
-    try:
-        with Store(settings) as store:
-            store.migrate()
-            store.maintain(now=T0)
-            store.maintain()
-            with store.transaction() as conn:
-                conn.execute("INSERT INTO usage_type (code, name) VALUES ('RES', 'res') ON CONFLICT DO NOTHING")
-                conn.execute(
-                    "INSERT INTO meter (meter_no, driver_key, status) "
-                    "SELECT format('M%%s', lpad(g::text, 8, '0')), 'native_json', 'installed' "
-                    "FROM generate_series(1, %s) g ON CONFLICT DO NOTHING",
-                    [METERS],
+    with scratch_database(args.database_url, workdir) as url:
+        settings = load_settings(None, database={"url": url, "pool_min": 1, "pool_max": 4}, data_dir=workdir)
+        results: dict[str, Any] = {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+            "database": "external PostgreSQL" if args.database_url else "embedded PostgreSQL",
+            "postgres": psycopg.connect(url).info.server_version,
+        }
+        try:
+            with Store(settings) as store:
+                store.migrate()
+                store.maintain(now=T0)
+                store.maintain()
+                with store.transaction() as conn:
+                    conn.execute("INSERT INTO usage_type (code, name) VALUES ('RES', 'res') ON CONFLICT DO NOTHING")
+                    conn.execute(
+                        "INSERT INTO meter (meter_no, driver_key, status) "
+                        "SELECT format('M%%s', lpad(g::text, 8, '0')), 'native_json', 'installed' "
+                        "FROM generate_series(1, %s) g ON CONFLICT DO NOTHING",
+                        [METERS],
+                    )
+                n = args.messages
+                results["receive_only_msgs_per_s"] = round(receive_only_rate(broker.address, n))
+                results["copy_rows_per_s"] = round(copy_rate(store, 500_000))
+                rate, _ = collector_drain(store, broker.address, single_messages(n, "s"), "s", n)
+                results["single_readings_per_s"] = round(rate)
+                rate, _ = collector_drain(
+                    store, broker.address, batched_messages(args.batched, "b"), "b", args.batched * 96
                 )
-            n = args.messages
-            results["receive_only_msgs_per_s"] = round(receive_only_rate(broker.address, n))
-            results["copy_rows_per_s"] = round(copy_rate(store, 500_000))
-            rate, _ = collector_drain(store, broker.address, single_messages(n, "s"), "s", n)
-            results["single_readings_per_s"] = round(rate)
-            rate, _ = collector_drain(
-                store, broker.address, batched_messages(args.batched, "b"), "b", args.batched * 96
-            )
-            results["batched_readings_per_s"] = round(rate)
-            p50, p99, count = latency(store, broker.address, args.latency_rate, args.latency_seconds)
-            results["latency_rate_msgs_per_s"] = args.latency_rate
-            results["latency_p50_ms"], results["latency_p99_ms"], results["latency_samples"] = (
-                round(p50, 1),
-                round(p99, 1),
-                count,
-            )
-            backlog = int(args.drain_minutes * 60 * args.fleet_rate)
-            peak, drain_rate = drain_in_process_of_its_own(url, broker.address, backlog, workdir)
-            results["drain_backlog_messages"] = backlog
-            results["drain_readings_per_s"] = round(drain_rate)
-            results["drain_collector_rss_max_mb"] = round(peak / 1024, 1)
-    finally:
-        broker.stop()
-        with psycopg.connect(maintenance_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{bench_db}" WITH (FORCE)')
-        if server is not None:
-            server.release()
+                results["batched_readings_per_s"] = round(rate)
+                p50, p99, count = latency(store, broker.address, args.latency_rate, args.latency_seconds)
+                results["latency_rate_msgs_per_s"] = args.latency_rate
+                results["latency_p50_ms"], results["latency_p99_ms"], results["latency_samples"] = (
+                    round(p50, 1),
+                    round(p99, 1),
+                    count,
+                )
+                backlog = int(args.drain_minutes * 60 * args.fleet_rate)
+                peak, drain_rate = drain_in_process_of_its_own(url, broker.address, backlog, workdir)
+                results["drain_backlog_messages"] = backlog
+                results["drain_readings_per_s"] = round(drain_rate)
+                results["drain_collector_rss_max_mb"] = round(peak / 1024, 1)
+        finally:
+            broker.stop()
     print(json.dumps(results, indent=2))
 
 

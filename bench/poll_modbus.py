@@ -22,21 +22,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.scratch_db import scratch_database
 from collector.poll import Poller
 from collector.poll_plan import build_plan
 from drivers.cjt188 import codec as cjt188
 from drivers.cjt188.settings import Workarounds
 from drivers.transports.wire import char_bits
-from meterhub.embedded import EmbeddedPostgres
 from meterhub.poller_settings import PollerSettings
 from meterhub.settings import load_settings
 from meterhub.store import Store
@@ -183,36 +180,19 @@ def main() -> None:
         return
 
     workdir = Path(tempfile.mkdtemp(prefix="meterhub-bench-"))
-    server = None
-    maintenance_url = args.database_url
-    if not maintenance_url:
-        server = EmbeddedPostgres(workdir / "data")
-        maintenance_url = server.url("postgres")
-        server.acquire()
-    bench_db = f"meterhub_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(maintenance_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{bench_db}"')
-    params = psycopg.conninfo.conninfo_to_dict(maintenance_url)
-    params["dbname"] = bench_db
-    url = psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
-    settings = load_settings(None, database={"url": url, "pool_min": 1, "pool_max": 4}, data_dir=workdir)
-    results: dict[str, Any] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "command": " ".join(["python", *sys.argv]),
-        "devices": args.devices,
-        "seconds": args.seconds,
-    }
-    try:
+    with scratch_database(args.database_url, workdir) as url:
+        settings = load_settings(None, database={"url": url, "pool_min": 1, "pool_max": 4}, data_dir=workdir)
+        results: dict[str, Any] = {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+            "command": " ".join(["python", *sys.argv]),
+            "devices": args.devices,
+            "seconds": args.seconds,
+        }
         with Store(settings) as store:
             store.migrate()
             modbus_part(store, args, results)
             serial_part(store, args, results)
-    finally:
-        with psycopg.connect(maintenance_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{bench_db}" WITH (FORCE)')
-        if server is not None:
-            server.release()
     print(json.dumps(results, indent=2))
 
 
