@@ -38,9 +38,9 @@ class PermissionDenied(LedgerError):
 
 
 def role_permission(conn: psycopg.Connection[Any], actor: str, permission: str) -> bool:
-    """The default permission hook: the actor's staff role is granted `permission` in billing_role_permission."""
+    """The default permission hook: the actor's staff role is granted `permission` in role_permission."""
     row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM staff_user s JOIN billing_role_permission p ON p.role = s.role "
+        "SELECT EXISTS (SELECT 1 FROM staff_user s JOIN role_permission p ON p.role = s.role "
         "WHERE s.username = %s AND s.active AND p.permission = %s)",
         [actor, permission],
     ).fetchone()

@@ -366,9 +366,9 @@ def _require(conn: psycopg.Connection[Any], user: str, permission: str) -> None:
     if user.startswith(SYSTEM_PREFIX):
         return
     row = conn.execute(
-        """SELECT u.active, EXISTS (SELECT 1 FROM command_permission p WHERE p.role = u.role AND p.permission = %s)
+        """SELECT u.active, EXISTS (SELECT 1 FROM role_permission p WHERE p.role = u.role AND p.permission = %s)
              FROM staff_user u WHERE u.username = %s""",
-        [permission, user],
+        ["command." + permission, user],
     ).fetchone()
     if row is None or not row[0]:
         raise PermissionDenied("unknown_user", f"{user!r} is not an active user")

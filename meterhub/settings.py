@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from meterhub.command_settings import CommandSettings
+from meterhub.console_settings import ConsoleSettings
 from meterhub.poller_settings import PollerSettings
 
 DEFAULT_CONFIG_FILE = Path("meterhub.toml")
@@ -143,6 +144,7 @@ class Settings(BaseSettings):
     collector: CollectorSettings = CollectorSettings()
     poller: PollerSettings = PollerSettings()
     commands: CommandSettings = CommandSettings()
+    console: ConsoleSettings = ConsoleSettings()
     log: LogSettings = LogSettings()
 
     @field_validator("timezone")

@@ -29,7 +29,7 @@ def billed(
         conn.execute("INSERT INTO staff_user (username, display_name, role) VALUES ('boss', 'Boss', 'supervisor')")
         conn.execute("INSERT INTO staff_user (username, display_name, role) VALUES ('clerk', 'Clerk', 'clerk')")
         conn.execute(  # the migration's grants; the test fixture empties every table
-            "INSERT INTO billing_role_permission VALUES "
+            "INSERT INTO role_permission VALUES "
             "('supervisor', 'billing.waive'), ('supervisor', 'billing.reverse') "
             "ON CONFLICT DO NOTHING"
         )

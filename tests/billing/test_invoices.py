@@ -25,7 +25,7 @@ def counter(store: Store, accounts: dict[str, list[str]] | None = None) -> dict[
     with store.transaction() as conn:
         conn.execute("INSERT INTO staff_user (username, display_name, role) VALUES ('anna', 'Anna', 'clerk')")
         conn.execute(
-            "INSERT INTO billing_role_permission VALUES "
+            "INSERT INTO role_permission VALUES "
             "('supervisor', 'billing.invoice_stock'), ('supervisor', 'billing.invoice_void') ON CONFLICT DO NOTHING"
         )
     return ids
