@@ -150,9 +150,12 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
 
     @app.exception_handler(Forbidden)
     async def forbidden(request: Request, exc: Forbidden) -> Response:
+        headers = {"X-Refused": exc.reason}
         if is_api(request):
-            return JSONResponse({"error": exc.reason, "detail": "not permitted"}, status_code=403)
-        return render(request, "error.html", 403, code=403, message_key=f"error.{exc.reason}")
+            return JSONResponse({"error": exc.reason, "detail": "not permitted"}, status_code=403, headers=headers)
+        response = render(request, "error.html", 403, code=403, message_key=f"error.{exc.reason}")
+        response.headers.update(headers)
+        return response
 
     @app.exception_handler(ActionError)
     async def action_error(request: Request, exc: ActionError) -> Response:
