@@ -280,6 +280,7 @@ NAV: list[NavItem] = [
     NavItem("nav.bills", "/bills", "billing.view"),
     NavItem("nav.admin", "/admin", "admin.users"),
     NavItem("nav.oplog", "/oplog", "oplog.view"),
+    NavItem("nav.api", "/api", None),
 ]
 
 
