@@ -23,7 +23,7 @@ def _operations(spec: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
                 if p["in"] != "header" or p["name"].lower() == "idempotency-key"
             ]
             body = op.get("requestBody", {}).get("content", {})
-            schema = next(iter(body.values()), {}).get("schema", {}) if body else {}
+            schema: dict[str, Any] = next(iter(body.values()), {}).get("schema", {}) if body else {}
             ref = schema.get("$ref", "").rsplit("/", 1)[-1] or schema.get("type", "")
             entry = {
                 "method": method.upper(),

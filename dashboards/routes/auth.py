@@ -187,3 +187,9 @@ def api_me(user: Annotated[Principal, Depends(require())]) -> dict[str, Any]:
         "permissions": sorted(user.permissions),
         "area_ids": None if user.area_ids is None else sorted(user.area_ids),
     }
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> Response:
+    """Browsers ask for /favicon.ico whatever the page says; the console's icon is an SVG."""
+    return redirect("/static/favicon.svg", status_code=301)
