@@ -22,8 +22,9 @@ def _operations(spec: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
                 for p in op.get("parameters", [])
                 if p["in"] != "header" or p["name"].lower() == "idempotency-key"
             ]
-            body = op.get("requestBody", {}).get("content", {})
-            schema: dict[str, Any] = next(iter(body.values()), {}).get("schema", {}) if body else {}
+            body: dict[str, Any] = op.get("requestBody", {}).get("content", {})
+            first: dict[str, Any] = next(iter(body.values())) if body else {}
+            schema: dict[str, Any] = first.get("schema", {})
             ref = schema.get("$ref", "").rsplit("/", 1)[-1] or schema.get("type", "")
             entry = {
                 "method": method.upper(),
