@@ -12,6 +12,9 @@ then appends its entries. Money moves only as ledger entries; see billing.ledger
   pays what it owes, one payment each, all in one transaction.
 - `reverse_payment`: mirrors each ledger entry of a payment, at most once (unique `reverses_id`).
 - `waive`: part or all of a bill's principal or late fee, with a reason, if the permission hook allows.
+
+`pay`, `pay_related` and `pay_batch` record how the money was paid (收款方式, one of `PAYMENT_METHODS`) when
+given one.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from meterhub.store import Store
 
 PermissionCheck = Callable[[psycopg.Connection[Any], str, str], bool]
 Channel = Literal["counter", "group", "batch", "bank"]
+PaymentMethod = Literal["cash", "card", "transfer", "wechat", "alipay", "cheque"]
+PAYMENT_METHODS: tuple[PaymentMethod, ...] = ("cash", "card", "transfer", "wechat", "alipay", "cheque")
 
 
 class PermissionDenied(LedgerError):
@@ -70,6 +75,12 @@ class BatchResult:
     @property
     def amount(self) -> Decimal:
         return sum((p.amount for p in self.payments), ZERO)
+
+
+def _check_method(method: str | None) -> None:
+    """收款方式 of a payment: one of PAYMENT_METHODS, or None (not recorded)."""
+    if method is not None and method not in PAYMENT_METHODS:
+        raise LedgerError(f"payment method must be one of {', '.join(PAYMENT_METHODS)}, not {method!r}")
 
 
 def _money(amount: Decimal | str | int) -> Decimal:
@@ -155,9 +166,11 @@ def pay(
     channel: Channel = "counter",
     bank_reference: str | None = None,
     note: str = "",
+    method: PaymentMethod | None = None,
 ) -> PaymentResult:
     """A payment for one account, found by account number or card number."""
     value = _money(amount)
+    _check_method(method)
     if value <= 0:
         raise LedgerError("a payment must be positive")
     paid_on = paid_on or dt.date.today()
@@ -176,6 +189,7 @@ def pay(
             card_no=card_no,
             bank_reference=bank_reference,
             note=note,
+            method=method,
         )
 
 
@@ -197,8 +211,10 @@ def pay_related(
     actor: str,
     amount: Decimal | str | None = None,
     paid_on: dt.date | None = None,
+    method: PaymentMethod | None = None,
 ) -> PaymentResult:
     """One payment for every account of `account_no`'s group; default amount: what the group owes."""
+    _check_method(method)
     paid_on = paid_on or dt.date.today()
     with store.transaction(actor=actor) as conn:
         payer = find_account(conn, account_no)
@@ -208,7 +224,9 @@ def pay_related(
         value = owed if amount is None else _money(amount)
         if value <= 0:
             raise LedgerError(f"nothing to pay for the accounts related to {account_no}")
-        return pay_locked(conn, held, members, payer, value, actor, paid_on, "group", group_id=group_id)
+        return pay_locked(
+            conn, held, members, payer, value, actor, paid_on, "group", group_id=group_id, method=method
+        )
 
 
 def pay_batch(
@@ -217,10 +235,12 @@ def pay_batch(
     community: str | None = None,
     account_nos: Sequence[str] | None = None,
     paid_on: dt.date | None = None,
+    method: PaymentMethod | None = None,
 ) -> BatchResult:
     """批量收费: every account of a community or of a list pays what it owes now; all or nothing."""
     if (community is None) == (account_nos is None):
         raise LedgerError("give a community or a list of account numbers")
+    _check_method(method)
     paid_on = paid_on or dt.date.today()
     with store.transaction(actor=actor) as conn:
         if community is not None:
@@ -252,7 +272,10 @@ def pay_batch(
         assert row is not None
         batch_id = int(row[0])
         results = [
-            pay_locked(conn, held, [i], i, held[i].total_due, actor, paid_on, "batch", batch_id=batch_id) for i in owing
+            pay_locked(
+                conn, held, [i], i, held[i].total_due, actor, paid_on, "batch", batch_id=batch_id, method=method
+            )
+            for i in owing
         ]
         return BatchResult(batch_id, results)
 
