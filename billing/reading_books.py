@@ -256,35 +256,65 @@ def replace_meter(
     """换表: close the old meter's assignment with its final register, open the new meter's with its first
     register, and move the account to the new meter (the old one is marked removed)."""
     with store.transaction(actor=actor) as conn:
-        old, new = meter_id(conn, old_meter_no), meter_id(conn, new_meter_no)
-        open_row = conn.execute(
-            "SELECT id, valid_from FROM meter_assignment WHERE meter_id = %s AND account_id = %s AND valid_to IS NULL",
-            [old, account_id],
-        ).fetchone()
-        if open_row is None:
-            meter = conn.execute("SELECT install_date, initial_reading FROM meter WHERE id = %s", [old]).fetchone()
-            assert meter is not None
-            since = datetime(1970, 1, 1, tzinfo=at.tzinfo)
-            conn.execute(
-                """INSERT INTO meter_assignment (account_id, meter_id, valid_from, valid_to, final_value, note)
-                   VALUES (%s, %s, coalesce(%s::date::timestamp AT TIME ZONE %s, %s), %s, %s, %s)""",
-                [account_id, old, meter[0], store.settings.timezone, since, at, old_final_value, note],
-            )
-        else:
-            if open_row[1] >= at:
-                raise BookError("the replacement time is before the old meter's assignment began")
-            conn.execute(
-                "UPDATE meter_assignment SET valid_to = %s, final_value = %s WHERE id = %s",
-                [at, old_final_value, open_row[0]],
-            )
-        conn.execute(
-            """INSERT INTO meter_assignment (account_id, meter_id, valid_from, first_value, note)
-               VALUES (%s, %s, %s, %s, %s)""",
-            [account_id, new, at, new_first_value, note],
+        replace_meter_in(
+            conn,
+            store.settings.timezone,
+            account_id,
+            old_meter_no,
+            new_meter_no,
+            at,
+            old_final_value=old_final_value,
+            new_first_value=new_first_value,
+            note=note,
         )
-        conn.execute("UPDATE meter SET status = 'removed', remove_date = %s::date WHERE id = %s", [at, old])
+
+
+def replace_meter_in(
+    conn: psycopg.Connection[Any],
+    timezone: str,
+    account_id: int,
+    old_meter_no: str,
+    new_meter_no: str,
+    at: datetime,
+    *,
+    old_final_value: Decimal,
+    new_first_value: Decimal = Decimal("0.000"),
+    note: str = "",
+) -> None:
+    """`replace_meter` inside the caller's transaction (for services that check and record more in the same
+    transaction); the meters' install and remove dates are local dates in `timezone`."""
+    old, new = meter_id(conn, old_meter_no), meter_id(conn, new_meter_no)
+    open_row = conn.execute(
+        "SELECT id, valid_from FROM meter_assignment WHERE meter_id = %s AND account_id = %s AND valid_to IS NULL",
+        [old, account_id],
+    ).fetchone()
+    if open_row is None:
+        meter = conn.execute("SELECT install_date, initial_reading FROM meter WHERE id = %s", [old]).fetchone()
+        assert meter is not None
+        since = datetime(1970, 1, 1, tzinfo=at.tzinfo)
         conn.execute(
-            """UPDATE meter SET account_id = %s, status = 'installed', install_date = %s::date,
-                   initial_reading = %s WHERE id = %s""",
-            [account_id, at, new_first_value, new],
+            """INSERT INTO meter_assignment (account_id, meter_id, valid_from, valid_to, final_value, note)
+               VALUES (%s, %s, coalesce(%s::date::timestamp AT TIME ZONE %s, %s), %s, %s, %s)""",
+            [account_id, old, meter[0], timezone, since, at, old_final_value, note],
         )
+    else:
+        if open_row[1] >= at:
+            raise BookError("the replacement time is before the old meter's assignment began")
+        conn.execute(
+            "UPDATE meter_assignment SET valid_to = %s, final_value = %s WHERE id = %s",
+            [at, old_final_value, open_row[0]],
+        )
+    conn.execute(
+        """INSERT INTO meter_assignment (account_id, meter_id, valid_from, first_value, note)
+           VALUES (%s, %s, %s, %s, %s)""",
+        [account_id, new, at, new_first_value, note],
+    )
+    conn.execute(
+        "UPDATE meter SET status = 'removed', remove_date = (%s AT TIME ZONE %s)::date WHERE id = %s",
+        [at, timezone, old],
+    )
+    conn.execute(
+        """UPDATE meter SET account_id = %s, status = 'installed', install_date = (%s AT TIME ZONE %s)::date,
+               initial_reading = %s WHERE id = %s""",
+        [account_id, at, timezone, new_first_value, new],
+    )
