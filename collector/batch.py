@@ -50,7 +50,8 @@ class Batch:
     readings: list[tuple[Any, ...]] = field(default_factory=list)
     events: list[tuple[Any, ...]] = field(default_factory=list)
     rejected: list[tuple[Any, ...]] = field(default_factory=list)
-    replies: list[tuple[Any, ...]] = field(default_factory=list)  # (meter_id, correlation_id, ok, ts, detail)
+    # (meter_id, correlation_id, ok, ts, detail, driver): the driver tells what an uncorrelated reply answers
+    replies: list[tuple[Any, ...]] = field(default_factory=list)
     states: dict[int, MeterStateUpdate] = field(default_factory=dict)
     acks: list[Callable[[], None]] = field(default_factory=list)
     originals: list[Any] = field(default_factory=list)  # what the batch was made from, to redo one by one
@@ -74,6 +75,7 @@ class Batch:
         source: str,
         received_at: datetime,
         ack: Callable[[], None] | None,
+        driver: Any = None,
     ) -> None:
         for r in decoded.readings:
             meter_id = meter_ids[r.meter_no]
@@ -103,7 +105,7 @@ class Batch:
             detail = dict(reply.detail)
             if "valve" not in detail and reply.meter_no in valves:
                 detail["valve"] = valves[reply.meter_no]
-            self.replies.append((meter_ids[reply.meter_no], reply.correlation_id, reply.ok, reply.ts, detail))
+            self.replies.append((meter_ids[reply.meter_no], reply.correlation_id, reply.ok, reply.ts, detail, driver))
         self.messages_ok += 1
         if ack is not None:
             self.acks.append(ack)

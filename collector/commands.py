@@ -10,6 +10,12 @@ and follows each to a final state.
 - A timeout never re-sends: the command becomes `unknown`, the meter's state is read (a read command,
   or the sleepy meter's next uplink), and the command is reconciled to what the meter really did.
 - Sleepy meters get their command right after their next uplink, in their receive window.
+- Polled meters (Modbus) are commanded by the poller that owns their bus, between two polls: it writes
+  the profile's valve coil or register once and reads the valve state back; its outcome reaches the store
+  as replies in the poller's batches, and the same rules hold (a write without an answer is not repeated:
+  the command times out, the state is read back and the command is reconciled).
+- A reply without a correlation id (CJ/T 188) counts only when the driver says it answers the frame we
+  sent (address, control code, DI, SER) or its read-back; any other reply is logged and ignored.
 """
 
 from __future__ import annotations
@@ -17,10 +23,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.rows import dict_row
@@ -34,8 +40,25 @@ from meterhub.store import Store
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes], object]
+Delivery = Callable[[], object]  # what goes out once the transaction that marked the command sent commits
 AWAKE_S = 20.0  # how long after an uplink a sleepy meter is taken to be listening
 EXPECTED_VALVE = {"valve_close": ("closed",), "valve_arm": ("armed", "open"), "valve_open": ("open",)}
+POLLED_DRIVERS = ("modbus", "cjt188", "mbus")  # meters of these drivers may sit on a field bus
+
+
+class PolledCommands(Protocol):
+    """The poller's side: commands for the meters on the buses it owns (collector.poll.Poller)."""
+
+    @property
+    def meter_nos(self) -> Collection[str]: ...
+
+    def owns(self, meter_no: str) -> bool: ...
+
+    def command_driver(self, meter_no: str) -> Any | None:
+        """The driver whose capabilities and encoding apply to this polled meter; None when it cannot be commanded."""
+        ...
+
+    def submit(self, command: Command) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +73,31 @@ class Transport:
             return self.route.response_topic.format("", meter_no)
         return None
 
+    def payload(self, command: Command, uplink_encoding: str | None) -> bytes:
+        """The command as it goes on the wire: the driver's bytes, in the route's downlink encoding."""
+        driver: Any = self.route.driver
+        data: bytes = driver.encode(command)
+        if hasattr(driver, "downlink"):  # CJ/T 188 DTUs: binary or hex text, per route or as the meter's uplinks
+            data = driver.downlink(data, uplink_encoding)
+        return data
+
 
 class CommandDispatcher:
-    def __init__(self, store: Store, settings: CommandSettings, routes: list[Route], publish: Publish) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: CommandSettings,
+        routes: list[Route],
+        publish: Publish,
+        *,
+        poller: PolledCommands | None = None,
+        uplink_encodings: Mapping[int, str] | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.publish = publish
+        self.poller = poller
+        self.uplink_encodings: Mapping[int, str] = uplink_encodings if uplink_encodings is not None else {}
         self.transports: dict[str, Transport] = {}
         for route in routes:  # the first route of each driver carries its commands
             self.transports.setdefault(route.driver_key, Transport(route))
@@ -145,8 +187,10 @@ class CommandDispatcher:
 
     def _send_queued(self) -> tuple[int, bool]:
         awake = self._awake_now()
-        outbox: list[tuple[str, bytes]] = []
+        outbox: list[Delivery] = []
         with self.store.transaction(actor="collector") as conn:
+            # Meters on a field bus that no poller of this collector owns are left to the collector that
+            # owns their bus; a command nobody claims within read_timeout_s fails (see _prepare).
             rows = (
                 conn.cursor(row_factory=dict_row)
                 .execute(
@@ -156,9 +200,19 @@ class CommandDispatcher:
                         WHERE c.state = 'queued'
                           AND NOT EXISTS (SELECT 1 FROM meter_command o
                                            WHERE o.meter_id = c.meter_id AND o.state IN ('sent', 'unknown'))
-                          AND (NOT m.sleepy OR c.meter_id = ANY(%s))
-                        ORDER BY c.id LIMIT %s FOR UPDATE OF c SKIP LOCKED""",
-                    [awake, self.settings.batch],
+                          AND (NOT m.sleepy OR c.meter_id = ANY(%(awake)s))
+                          AND (m.meter_no = ANY(%(owned)s) OR m.driver_key = ANY(%(routed)s)
+                               OR m.driver_key <> ALL(%(polled)s)
+                               OR c.queued_at < now() - make_interval(secs => %(stale)s))
+                        ORDER BY c.id LIMIT %(batch)s FOR UPDATE OF c SKIP LOCKED""",
+                    {
+                        "awake": awake,
+                        "owned": self._owned(),
+                        "routed": list(self.transports),
+                        "polled": list(POLLED_DRIVERS),
+                        "stale": self.settings.read_timeout_s,
+                        "batch": self.settings.batch,
+                    },
                 )
                 .fetchall()
             )
@@ -169,15 +223,24 @@ class CommandDispatcher:
                 seen.add(row["meter_id"])
                 outbox.extend(self._prepare(conn, row))
             self._refresh_sleepy(conn)
-        for topic, payload in outbox:
-            self.publish(topic, payload)
+        for deliver in outbox:
+            deliver()
         self.sent += len(outbox)
         return len(outbox), len(rows) >= self.settings.batch
 
-    def _prepare(self, conn: psycopg.Connection[Any], row: dict[str, Any]) -> list[tuple[str, bytes]]:
+    def _owned(self) -> list[str]:
+        return sorted(self.poller.meter_nos) if self.poller is not None else []
+
+    def _polled(self, meter_no: str) -> bool:
+        return self.poller is not None and self.poller.owns(meter_no)
+
+    def _prepare(self, conn: psycopg.Connection[Any], row: dict[str, Any]) -> list[Delivery]:
+        if self._polled(row["meter_no"]):
+            return self._prepare_polled(conn, row)
         transport = self.transports.get(row["driver_key"])
         if transport is None:
-            self._finish(conn, row["id"], "failed", "no_transport")
+            reason = "no_poller" if row["driver_key"] in POLLED_DRIVERS else "no_transport"
+            self._finish(conn, row["id"], "failed", reason)
             return []
         driver = transport.route.driver
         kind = _wire_kind(row["kind"], driver.capabilities)
@@ -189,13 +252,37 @@ class CommandDispatcher:
         )
         topic = transport.topic(row["meter_no"], row["protocol_address"])
         try:
-            payload = driver.encode(command)
+            payload = transport.payload(command, self.uplink_encodings.get(row["meter_id"]))
         except (UnsupportedCommand, ValueError) as exc:
             self._finish(conn, row["id"], "failed", "unsupported", {"error": str(exc)})
             return []
         if topic is None:
             self._finish(conn, row["id"], "failed", "no_transport")
             return []
+        self._mark_sent(conn, row, kind)
+        return [lambda: self.publish(topic, payload)]
+
+    def _prepare_polled(self, conn: psycopg.Connection[Any], row: dict[str, Any]) -> list[Delivery]:
+        """A meter on a bus this collector polls: its poller sends the command between two polls."""
+        assert self.poller is not None
+        driver = self.poller.command_driver(row["meter_no"])
+        kind = _wire_kind(row["kind"], driver.capabilities) if driver is not None else None
+        if driver is None or kind is None:
+            self._finish(conn, row["id"], "failed", "unsupported")
+            return []
+        command = Command(
+            kind, row["meter_no"], row["protocol_address"], row["correlation_id"], row["amount"], row["purchase_seq"]
+        )
+        try:
+            driver.encode(command)  # the profile can drive this valve (coil or register named)
+        except (UnsupportedCommand, ValueError) as exc:
+            self._finish(conn, row["id"], "failed", "unsupported", {"error": str(exc)})
+            return []
+        self._mark_sent(conn, row, kind)
+        poller = self.poller
+        return [lambda: poller.submit(command)]
+
+    def _mark_sent(self, conn: psycopg.Connection[Any], row: dict[str, Any], kind: CommandKind) -> None:
         timeout = self.settings.sleepy_ack_timeout_s if row["sleepy"] else self.settings.ack_timeout_s
         conn.execute(
             """UPDATE meter_command SET state = 'sent', sent_kind = %s, attempts = attempts + 1, sent_at = now(),
@@ -203,7 +290,6 @@ class CommandDispatcher:
                 WHERE id = %s""",
             [kind.value, timeout, row["id"]],
         )
-        return [(topic, payload)]
 
     def _refresh_sleepy(self, conn: psycopg.Connection[Any]) -> None:
         waiting = {
@@ -230,12 +316,12 @@ class CommandDispatcher:
     # -- timeouts and reconciliation ---------------------------------------------------------------
     def _timeouts(self) -> None:
         """Sent and not answered in time: never re-send; mark unknown and ask the meter what it did."""
-        outbox: list[tuple[str, bytes]] = []
+        outbox: list[Delivery] = []
         with self.store.transaction(actor="collector") as conn:
             rows = (
                 conn.cursor(row_factory=dict_row)
                 .execute(
-                    """SELECT c.id, c.kind, c.correlation_id, c.attempts, m.meter_no, m.driver_key,
+                    """SELECT c.id, c.meter_id, c.kind, c.correlation_id, c.attempts, m.meter_no, m.driver_key,
                               m.protocol_address, m.sleepy
                          FROM meter_command c JOIN meter m ON m.id = c.meter_id
                         WHERE c.state = 'sent' AND c.deadline_at <= now()
@@ -252,23 +338,34 @@ class CommandDispatcher:
                 )
                 if not row["sleepy"]:  # a sleepy meter tells us its state in its next uplink
                     outbox.extend(self._read_back(row))
-        for topic, payload in outbox:
-            self.publish(topic, payload)
+        for deliver in outbox:
+            deliver()
 
-    def _read_back(self, row: dict[str, Any]) -> list[tuple[str, bytes]]:
+    def _read_back(self, row: dict[str, Any]) -> list[Delivery]:
+        if self._polled(row["meter_no"]):
+            assert self.poller is not None
+            driver = self.poller.command_driver(row["meter_no"])
+            if driver is None:
+                return []
+            command = read_back_command(row, driver.capabilities)
+            poller = self.poller
+            return [lambda: poller.submit(command)]
         transport = self.transports.get(row["driver_key"])
         if transport is None:
             return []
-        driver = transport.route.driver
-        kind = CommandKind.READ
-        if row["kind"] == "credit" and Capability.CREDIT_READ in driver.capabilities:
-            kind = CommandKind.CREDIT_READ
-        command = Command(kind, row["meter_no"], row["protocol_address"], f"{row['correlation_id']}:r{row['attempts']}")
+        command = read_back_command(row, transport.route.driver.capabilities)
         topic = transport.topic(row["meter_no"], row["protocol_address"])
         try:
-            return [(topic, driver.encode(command))] if topic else []
+            payload = transport.payload(command, self.uplink_encodings.get(row["meter_id"]))
         except (UnsupportedCommand, ValueError):
             return []
+        return [lambda: self.publish(topic, payload)] if topic else []
+
+    def _sequence_modulus(self, driver_key: str) -> int | None:
+        """How a driver's purchase sequence wraps on the wire (CJ/T 188: one byte); None when it does not."""
+        transport = self.transports.get(driver_key)
+        modulus = getattr(transport.route.driver, "purchase_sequence_modulus", None) if transport else None
+        return int(modulus) if modulus else None
 
     def _reconcile(self) -> None:
         """Unknown commands: decide from the read-back reply or a later report of the meter's state."""
@@ -277,8 +374,10 @@ class CommandDispatcher:
                 conn.cursor(row_factory=dict_row)
                 .execute(
                     """SELECT c.id, c.meter_id, c.kind, c.sent_kind, c.attempts, c.purchase_seq, c.amount, c.sent_at,
-                              c.deadline_at <= now() AS expired, c.reply, s.valve_reported, s.valve_reported_at
-                         FROM meter_command c LEFT JOIN meter_state s ON s.meter_id = c.meter_id
+                              c.deadline_at <= now() AS expired, c.reply, s.valve_reported, s.valve_reported_at,
+                              m.driver_key
+                         FROM meter_command c JOIN meter m ON m.id = c.meter_id
+                         LEFT JOIN meter_state s ON s.meter_id = c.meter_id
                         WHERE c.state = 'unknown'
                         ORDER BY c.id LIMIT %s FOR UPDATE OF c SKIP LOCKED""",
                     [self.settings.batch],
@@ -286,7 +385,7 @@ class CommandDispatcher:
                 .fetchall()
             )
             for row in rows:
-                executed = _executed(row)
+                executed = _executed(row, self._sequence_modulus(row["driver_key"]))
                 if executed is True:
                     self._finish(conn, row["id"], "reconciled", "executed")
                     if row["kind"] == "credit":
@@ -317,16 +416,49 @@ def _wire_kind(kind: str, capabilities: Capability) -> CommandKind | None:
     return CommandKind.READ if Capability.READ in capabilities else None
 
 
-def _executed(row: dict[str, Any]) -> bool | None:
+def read_back_command(row: Mapping[str, Any], capabilities: Capability) -> Command:
+    """The read that asks a meter what it did with a command (its purchase data for a top-up, where it can)."""
+    kind = CommandKind.READ
+    if row["kind"] == "credit" and Capability.CREDIT_READ in capabilities:
+        kind = CommandKind.CREDIT_READ
+    return Command(kind, row["meter_no"], row["protocol_address"], f"{row['correlation_id']}:r{row['attempts']}")
+
+
+def sent_command(row: Mapping[str, Any]) -> Command | None:
+    """The command as it went on the wire (its sent kind), rebuilt from its row; None before it was sent."""
+    if row["sent_kind"] is None:
+        return None
+    return Command(
+        CommandKind(row["sent_kind"]),
+        row["meter_no"],
+        row["protocol_address"],
+        row["correlation_id"],
+        row["amount"],
+        row["purchase_seq"],
+    )
+
+
+def sequence_reached(reported: int, sent: int, modulus: int | None) -> bool:
+    """Whether the meter's last accepted purchase sequence is ours or a later one.
+
+    Our sequence grows for ever; a meter whose sequence is `modulus` wide (CJ/T 188: one byte) reports it
+    wrapped, so it is compared by serial-number arithmetic: up to half the range ahead counts as reached.
+    That is the complement of the meter's own rule (it takes a sequence 1 to half the range newer than its
+    last one): when this says "not reached", the same write sent again would be taken.
+    """
+    if modulus is None:
+        return reported >= sent
+    return (reported - sent) % modulus < modulus // 2
+
+
+def _executed(row: dict[str, Any], sequence_modulus: int | None = None) -> bool | None:
     """True/False when the evidence says whether the meter acted; None while there is none."""
     reply = row["reply"] or {}
     if row["kind"] == "credit":
         seq = reply.get("purchase_sequence", reply.get("seq"))
         if seq is None or row["purchase_seq"] is None:
             return None
-        return int(seq) >= int(row["purchase_seq"]) or (
-            row["purchase_seq"] > 0xFF and int(seq) == row["purchase_seq"] & 0xFF
-        )
+        return sequence_reached(int(seq), int(row["purchase_seq"]), sequence_modulus)
     expected = EXPECTED_VALVE.get(row["sent_kind"] or row["kind"])
     if expected is None:
         return None
@@ -340,27 +472,32 @@ def _executed(row: dict[str, Any]) -> bool | None:
 
 # -- called by the batch writer, inside its transaction ----------------------------------------------
 def record_replies(conn: psycopg.Connection[Any], replies: list[tuple[Any, ...]]) -> int:
-    """Match replies (meter_id, correlation_id, ok, ts, detail) to commands in flight; returns matches.
+    """Match replies (meter_id, correlation_id, ok, ts, detail, driver) to commands in flight; returns matches.
 
     A reply to the command itself confirms or fails a `sent` command; any reply to an `unknown` one
-    (late, or to the read-back) is kept as evidence for reconciliation. Without a correlation id (CJ/T 188)
-    the meter's one command in flight is meant.
+    (late, or to the read-back) is kept as evidence for reconciliation. A reply without a correlation id
+    (CJ/T 188) answers the meter's command in flight only when its driver says it answers the request we
+    sent or its read-back (control code, DI and SER); other replies are logged and ignored.
     """
     matched = 0
-    for meter_id, correlation_id, ok, ts, detail in replies:
-        base = correlation_id.split(":", 1)[0] if correlation_id else None
+    for meter_id, correlation_id, ok, ts, detail, *rest in replies:
+        if not correlation_id:
+            correlation_id = _correlate(conn, meter_id, detail, rest[0] if rest else None)
+            if correlation_id is None:
+                continue
+        base = correlation_id.split(":", 1)[0]
         evidence = {**detail, "ok": ok, "ts": ts.isoformat(), "correlation_id": correlation_id}
         row = conn.execute(
             """SELECT id, state, kind, sent_kind FROM meter_command
-                WHERE meter_id = %s AND state IN ('sent', 'unknown') AND (%s::text IS NULL OR correlation_id = %s)
+                WHERE meter_id = %s AND state IN ('sent', 'unknown') AND correlation_id = %s
                 FOR UPDATE""",
-            [meter_id, base, base],
+            [meter_id, base],
         ).fetchone()
         if row is None:
             continue
         command_id, state, kind, sent_kind = row
         matched += 1
-        is_read_back = correlation_id is not None and ":" in correlation_id
+        is_read_back = ":" in correlation_id
         if state == "sent" and not is_read_back:
             conn.execute(
                 """UPDATE meter_command SET state = %s, reason_code = %s, reply = %s, finished_at = now(),
@@ -387,6 +524,43 @@ def record_replies(conn: psycopg.Connection[Any], replies: list[tuple[Any, ...]]
                 "UPDATE meter_command SET reply = %s WHERE id = %s", [Jsonb(evidence, dumps=_dumps), command_id]
             )
     return matched
+
+
+def _correlate(conn: psycopg.Connection[Any], meter_id: int, detail: Mapping[str, Any], driver: Any) -> str | None:
+    """The correlation id of the request an uncorrelated reply answers: the meter's command in flight as sent,
+    or its read-back; None (logged when a command is in flight) for a reply to anything else."""
+    matches: Callable[[Command, Mapping[str, Any]], bool] | None = getattr(driver, "reply_matches", None)
+    if matches is None:
+        return None  # no way to tell what it answers (e.g. a routine poll's reply): not a command's answer
+    row = (
+        conn.cursor(row_factory=dict_row)
+        .execute(
+            """SELECT c.id, c.kind, c.sent_kind, c.correlation_id, c.attempts, c.amount, c.purchase_seq, m.meter_no,
+                      m.protocol_address
+                 FROM meter_command c JOIN meter m ON m.id = c.meter_id
+                WHERE c.meter_id = %s AND c.state IN ('sent', 'unknown')""",
+            [meter_id],
+        )
+        .fetchone()
+    )
+    if row is None:
+        return None
+    sent = sent_command(row)
+    if sent is not None and matches(sent, detail):
+        return sent.correlation_id
+    read_back = read_back_command(row, _capabilities(driver))
+    if matches(read_back, detail):
+        return read_back.correlation_id
+    log.warning(
+        "reply ignored: it answers no request of the command in flight",
+        extra={"command_id": row["id"], "meter_no": row["meter_no"], "reply": dict(detail)},
+    )
+    return None
+
+
+def _capabilities(driver: Any) -> Capability:
+    found = getattr(driver, "capabilities", Capability(0))
+    return found if isinstance(found, Capability) else Capability(0)
 
 
 def book_credit(conn: psycopg.Connection[Any], command_id: int) -> None:

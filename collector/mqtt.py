@@ -73,6 +73,9 @@ class MqttIngest:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.on_uplink: Callable[[set[int]], None] | None = None  # the command dispatcher's receive-window hook
+        # How each meter's uplinks arrived ("binary" or "hex" text, for drivers that tell): the encoding of
+        # CJ/T 188 downlinks on routes with downlink_encoding = "auto".
+        self.uplink_encodings: dict[int, str] = {}
         self.client = self._make_client()
 
     # -- life -------------------------------------------------------------------------------------
@@ -244,8 +247,13 @@ class MqttIngest:
                 ack,
             )
             return
-        batch.add_decoded(decoded, meter_ids, f"mqtt:{route.driver_key}", item.received_at, ack)
+        batch.add_decoded(decoded, meter_ids, f"mqtt:{route.driver_key}", item.received_at, ack, route.driver)
         self.counters.add(readings_decoded=len(decoded.readings))
+        uplink_encoding = getattr(route.driver, "uplink_encoding", None)
+        if uplink_encoding is not None:
+            encoding = uplink_encoding(item.payload)
+            for meter_id in meter_ids.values():
+                self.uplink_encodings[meter_id] = encoding
         reply_topic = route.reply_topic(item.topic)
         if decoded.response is not None and reply_topic:
             self.client.publish(reply_topic, decoded.response, qos=1)

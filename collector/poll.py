@@ -9,6 +9,10 @@ overloaded bus still shares its time fairly). A device that fails `offline_after
 raised as an `offline` event once and backed off exponentially (up to `backoff_max_s`); it costs the
 bus at most its timeout × (retries + 1) per attempt. TCP Modbus endpoints are buses of their own and
 so are polled concurrently.
+
+Valve commands for the meters of a bus (`submit`, from the command dispatcher's thread) go to that
+bus's task and are run before its next poll — still one request at a time on the line (see
+collector/poll_commands.py).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import queue
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,10 +33,12 @@ from typing import Any
 from collector.batch import Batch, gather_batches
 from collector.counters import Counters
 from collector.meters import MeterDirectory
+from collector.poll_commands import run_command
 from collector.poll_devices import Cjt188Reader, Frame, MbusReader, ModbusReader, PollResult, Target
 from collector.poll_plan import BusPlan, PlannedDevice, bus_workarounds
 from collector.sink import BatchSink
-from drivers.base import Decoded, EventKind, MeterEvent
+from drivers.base import Command, Decoded, EventKind, MeterEvent
+from drivers.modbus.driver import ModbusDriver
 from drivers.transports.modbus import ModbusLink, SerialParams
 from drivers.transports.serial_line import SerialLine, TcpSerialLine
 from drivers.transports.wire import rtu_silence_s
@@ -75,8 +82,12 @@ class Poller:
         self.counters = counters or Counters()
         self.directory = directory or MeterDirectory(store)
         self.sink = BatchSink(store, self.counters, self._redo, self._refused)
-        self.stats: Counter[str] = Counter()  # polls_ok, polls_failed, offline_events, bus_errors
+        self.stats: Counter[str] = Counter()  # polls_ok, polls_failed, offline_events, bus_errors, commands_run
         self.devices: dict[str, DeviceState] = {}
+        self._buses = {planned.target.meter_no: bus.bus.name for bus in plan for planned in bus.devices}
+        self._targets = {planned.target.meter_no: planned.target for bus in plan for planned in bus.devices}
+        self._commands: dict[str, deque[Command]] = {bus.bus.name: deque() for bus in plan}
+        self._wakes: dict[str, asyncio.Event] = {}
         self._inbox: queue.Queue[Received | None] = queue.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
@@ -98,7 +109,7 @@ class Poller:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop polling, then commit everything received."""
         if self._loop is not None and self._stop_event is not None:
-            self._loop.call_soon_threadsafe(self._stop_event.set)
+            self._loop.call_soon_threadsafe(self._request_stop)
         self._threads[0].join(timeout)
         self._inbox.put(None)
         self._threads[1].join(timeout)
@@ -106,9 +117,50 @@ class Poller:
     def _run_loop(self) -> None:
         asyncio.run(self._main())
 
+    def _request_stop(self) -> None:
+        assert self._stop_event is not None
+        self._stop_event.set()
+        for wake in self._wakes.values():
+            wake.set()
+
+    # -- commands (called from the dispatcher's thread) -------------------------------------------
+    @property
+    def meter_nos(self) -> Collection[str]:
+        """The meters on the buses this poller owns."""
+        return self._buses.keys()
+
+    def owns(self, meter_no: str) -> bool:
+        return meter_no in self._buses
+
+    def command_driver(self, meter_no: str) -> ModbusDriver | None:
+        """The driver that says what a polled meter can do and encodes its commands; None when the
+        meter's protocol takes no commands on a polled bus (only Modbus does so far)."""
+        target = self._targets.get(meter_no)
+        return target.modbus if target is not None else None
+
+    def submit(self, command: Command) -> bool:
+        """Queue a command for the bus of `command.meter_no`; it runs before that bus's next poll.
+        False when this poller does not own the meter or is not running (the command then times out)."""
+        bus = self._buses.get(command.meter_no)
+        loop = self._loop
+        if bus is None or loop is None or loop.is_closed():
+            return False
+        try:
+            loop.call_soon_threadsafe(self._enqueue, bus, command)
+        except RuntimeError:  # the loop has just stopped
+            return False
+        return True
+
+    def _enqueue(self, bus: str, command: Command) -> None:
+        self._commands[bus].append(command)
+        wake = self._wakes.get(bus)
+        if wake is not None:
+            wake.set()
+
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
+        self._wakes = {plan.bus.name: asyncio.Event() for plan in self.plan}
         tasks = [asyncio.create_task(self._run_bus(plan), name=f"bus-{plan.bus.name}") for plan in self.plan]
         self._started.set()
         await self._stop_event.wait()
@@ -152,14 +204,19 @@ class Poller:
             self.devices[planned.target.meter_no] = state
         stop = self._stop_event
         assert stop is not None
+        commands, wake = self._commands[plan.bus.name], self._wakes[plan.bus.name]
         try:
             # The stop flag, not only cancellation: a client library may swallow a CancelledError.
             while not stop.is_set():
+                if commands:  # a command goes before the next poll, on the same line, one request at a time
+                    await self._command(plan.bus, connection, reader, commands.popleft())
+                    continue
                 now = time.monotonic()
                 state = min(states, key=lambda s: (s.next_due, s.order))
                 if state.next_due > now:
+                    wake.clear()  # no await since the check above: a command queued from now on sets it
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), state.next_due - now)
+                        await asyncio.wait_for(wake.wait(), state.next_due - now)
                     continue
                 await self._poll(plan.bus, connection, reader, state)
         finally:
@@ -183,6 +240,23 @@ class Poller:
         if self._stop_event is not None and self._stop_event.is_set() and not result.answered:
             return  # interrupted by the stop, not the device's fault
         self._schedule(bus, state, result, source)
+
+    async def _command(self, bus: PollBus, connection: Any, reader: Any, command: Command) -> None:
+        target = self._targets[command.meter_no]
+        source = f"{bus.protocol}:{connection.endpoint}/{target.address}"
+        try:
+            result = await run_command(reader, target, command)
+        except (ConnectionError, OSError) as exc:
+            result = PollResult(error=f"{type(exc).__name__}: {exc}")
+            self.stats["bus_errors"] += 1
+            connection.close()
+        except Exception as exc:  # a bug must not stop the bus; the command times out and is read back
+            log.exception("command failed", extra={"meter_no": target.meter_no, "bus": bus.name})
+            result = PollResult(error=f"{type(exc).__name__}: {exc}")
+        self.stats["commands_run"] += 1
+        for frame in result.frames:
+            self.counters.add(messages_received=1)
+            self._inbox.put(Received(target, source, frame))
 
     def _schedule(self, bus: PollBus, state: DeviceState, result: PollResult, source: str) -> None:
         interval = state.planned.interval_s

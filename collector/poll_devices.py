@@ -25,7 +25,7 @@ from drivers.cjt188.settings import Workarounds
 from drivers.mbus import codec as mbus
 from drivers.mbus.link import ADDRESS_SECONDARY, Ack, FcbState, LongFrame
 from drivers.mbus.link import StreamFramer as MbusFramer
-from drivers.modbus.codec import ReadBlock, decode_blocks
+from drivers.modbus.codec import ReadBlock, WriteRequest, decode_blocks
 from drivers.modbus.driver import ModbusDriver
 from drivers.transports.modbus import DeviceException, LinkError, ModbusLink
 from drivers.transports.serial_line import SerialLine
@@ -119,6 +119,48 @@ class ModbusReader:
                 for bad in self.link.take_rejected():  # e.g. a bad CRC: the attempt failed, the frame is kept
                     result.reject(bad.raw, bad.reason, f"{block}: {bad.detail}")
         return None
+
+    async def write(self, unit: int, request: WriteRequest, result: PollResult) -> bool | None:
+        """One write, never repeated here: without an answer the device may still have acted.
+
+        True: acknowledged; False: refused with an exception response; None: no usable answer.
+        """
+        if self.silence_s:
+            await asyncio.sleep(self.silence_s)
+        try:
+            await self.link.write(request.function_code, request.address, request.values, unit)
+            return True
+        except DeviceException as exc:
+            result.answered = True
+            result.error = str(exc)
+            return False
+        except LinkError as exc:
+            result.error = str(exc)
+            return None
+        finally:
+            for bad in self.link.take_rejected():
+                result.reject(bad.raw, bad.reason, f"write {request}: {bad.detail}")
+
+    async def read_valve(self, target: Target, result: PollResult) -> Decoded | None:
+        """The valve state from the profile's `[valve.state]` location (one read, retried like a poll's),
+        decoded into a status; None without an answer or without such a location."""
+        assert target.modbus is not None
+        valve = target.modbus.profile.valve
+        if valve is None or valve.readback is None:
+            return None
+        at = valve.readback.at
+        block = ReadBlock(at.function, at.address, at.span, 16 if at.function.is_bit else at.register_width)
+        data = await self._read(block, int(target.address), result)
+        if data is None:
+            return None
+        received_at = _now()
+        result.answered = True
+        try:
+            decoded = decode_blocks(target.modbus.profile, [(block, data)], target.meter_no, received_at)
+        except DecodeError as exc:
+            result.frames.append(Frame(_words_bytes(block, data), received_at, None, exc.reason, exc.message))
+            return None
+        return decoded
 
 
 def _words_bytes(block: ReadBlock, data: list[int] | list[bool]) -> bytes:

@@ -74,7 +74,8 @@ class CollectorService:
             self.poller.stop()
 
     def _start_commands(self) -> None:
-        """The valve and credit command dispatcher, sending over this collector's MQTT session."""
+        """The valve and credit command dispatcher, sending over this collector's MQTT session, and through
+        its poller to the polled meters on the buses it owns."""
         if not self.settings.commands.enabled:
             return
         from collector.commands import CommandDispatcher
@@ -85,6 +86,8 @@ class CollectorService:
             self.settings.commands,
             self.ingest.routes,
             lambda topic, payload: client.publish(topic, payload, qos=1),
+            poller=self.poller,
+            uplink_encodings=self.ingest.uplink_encodings,
         )
         self.ingest.on_uplink = self.commands.on_uplink
         self.commands.start()

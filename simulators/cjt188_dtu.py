@@ -4,17 +4,21 @@ The fleet pushes with `cjt188_push` (as hex text); a frame arriving on `{prefix}
 or binary) is executed by the meter it addresses and answered on the DTU's up topic in the same form:
 
 - `A017` valve control (`55` open, `99` close): `84` reply, with ST when the vendor appends it;
-- `A013` purchase with a sequence: booked only when the sequence is newer than the last one, `84` reply;
+- `A013` purchase with a one-byte sequence: booked only when the sequence is newer than the last one
+  (1 to 127 steps on, counting on from 255 to 0), `84` reply;
 - `901F` / `8105` read: `81` reply with the metering or purchase data.
 
 Frames with the direction bit set (the collector's 84 acks to pushes) are ignored. The runner's command
-faults (`mute`, `sleepy`, `drop_replies`; here also `lose_requests`) and its `executed` list apply as for
-native JSON.
+faults (`mute`, `sleepy`, `drop_replies`; here also `lose_requests`, and `misreply`: the meter acts but
+answers with another SER or another DI) and its `executed` list apply as for native JSON. A DTU built
+with `downlink_encoding = "hex"` (or `"binary"`) only understands downlinks in that form; `downlinks`
+lists the form of every downlink it received.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -45,8 +49,12 @@ class Cjt188FleetRunner(FleetRunner):
         clock_offset: timedelta = timedelta(hours=8),
         speed: float = 1.0,
         mqtt5: bool = True,
+        downlink_encoding: str | None = None,
     ) -> None:
         self.append_status = append_status  # the vendor appends ST to its 84 valve reply
+        self.downlink_encoding = downlink_encoding  # "hex" or "binary": the only form this DTU understands
+        self.downlinks: list[str] = []  # "hex" or "binary", per downlink received
+        self.misreply: dict[str, list[str]] = {}  # per meter, faults of its next replies: "other_ser", "other_di"
         self.workarounds = workarounds or Workarounds()
         self.clock_offset = clock_offset
         self.last_purchase: dict[str, Decimal] = {}
@@ -57,6 +65,9 @@ class Cjt188FleetRunner(FleetRunner):
 
     def _on_downlink(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         data, as_hex = unhex(bytes(message.payload))
+        self.downlinks.append("hex" if as_hex else "binary")
+        if self.downlink_encoding is not None and self.downlink_encoding != self.downlinks[-1]:
+            return  # a DTU that expects the other form takes this for garbage
         framer = StreamFramer()
         replies = b""
         for item in framer.feed(data) + framer.flush():
@@ -73,7 +84,7 @@ class Cjt188FleetRunner(FleetRunner):
                 self.lose_requests[meter.meter_no] -= 1
                 continue
             with self._command_lock:
-                reply = self._answer(meter, frame)
+                reply = self._misreply(meter, self._answer(meter, frame))
                 if self.drop_replies.get(meter.meter_no, 0) > 0:
                     self.drop_replies[meter.meter_no] -= 1
                     continue
@@ -101,7 +112,7 @@ class Cjt188FleetRunner(FleetRunner):
         elif frame.di == codec.DI_PURCHASE_WRITE and frame.function == codec.FN_WRITE and len(frame.payload) >= 5:
             seq = frame.payload[0]
             amount = Decimal(int(frame.payload[1:5][::-1].hex())).scaleb(-2)
-            if seq > meter.purchase_seq:  # a repeated (or older) sequence is acknowledged, not counted
+            if codec.purchase_sequence_is_newer(seq, meter.purchase_seq):  # a repeat is acknowledged, not counted
                 meter.purchase_seq, meter.credit, meter.purchased = seq, meter.credit + amount, meter.purchased + amount
                 self.last_purchase[no] = amount
                 self.executed.append((no, "credit"))
@@ -119,6 +130,18 @@ class Cjt188FleetRunner(FleetRunner):
             )
             return _reply(frame, control, payload)
         return _reply(frame, control | ERROR, ERROR_STATUS)
+
+    def _misreply(self, meter: VirtualMeter, reply: Frame) -> Frame:
+        """The reply as a confused meter sends it: another SER, or metering data (901F) instead."""
+        faults = self.misreply.get(meter.meter_no)
+        if not faults:
+            return reply
+        fault = faults.pop(0)
+        if fault == "other_ser":
+            return replace(reply, ser=(reply.ser + 1) & 0xFF)
+        now = datetime.now(UTC).replace(microsecond=0) + meter.skew
+        payload = cjt188_metering(meter, now, meter.register, self.clock_offset)
+        return replace(reply, control=0x80 | codec.FN_READ, di=codec.DI_METERING, payload=payload)
 
 
 def _reply(request: Frame, control: int, payload: bytes) -> Frame:

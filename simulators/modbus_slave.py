@@ -5,7 +5,8 @@ totals growing with flow, pressure and temperature wandering, the battery slowly
 answers reads from the register image `encode_values` builds. Writing the valve coil or register
 changes the valve state it reports. A `ModbusSlave` serves devices by unit id over Modbus TCP, RTU
 over TCP or RTU on a serial port (a pseudo-terminal in tests), through pymodbus' own server.
-Faults: a silent device, a late answer, and (RTU) scripted answers with a bad CRC.
+Faults: a silent device, a late answer, a write that is carried out but never answered, and (RTU)
+scripted answers with a bad CRC.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class SimulatedDevice:
     speed: float = 1.0  # simulated seconds per real second; 0 freezes the values
     delay_s: float = 0.0  # late answer
     silent: bool = False  # no answer at all
+    drop_write_replies: int = 0  # carry out the next n writes but never answer them (a lost reply)
     faults: deque[str] = field(default_factory=deque)  # taken one per answer: "bad_crc" or "none" (RTU only)
     corrupted: list[bytes] = field(default_factory=list)  # the bad-CRC answers as sent
     writes: list[tuple[int, int, tuple[int, ...]]] = field(default_factory=list)
@@ -229,6 +231,9 @@ class _Datastore:
         if func_code not in FUNCTIONS:
             return ExcCodes.ILLEGAL_FUNCTION
         device.write(func_code, address, values)
+        if device.drop_write_replies > 0:
+            device.drop_write_replies -= 1
+            await asyncio.Event().wait()  # done, but the answer is lost: this request is never answered
         return None
 
 

@@ -136,8 +136,9 @@ def cjt188_status(meter: VirtualMeter) -> bytes:
     return bytes([valve_bits | battery_bit, 0])
 
 
-def cjt188_push(prefix: str = "cjt188", clock_offset: timedelta = timedelta(hours=8)) -> Encoder:
-    """NB-IoT modules pushing CJ/T 188 901F data frames (function 04), one frame per reading, as hex text."""
+def cjt188_push(prefix: str = "cjt188", clock_offset: timedelta = timedelta(hours=8), as_hex: bool = True) -> Encoder:
+    """NB-IoT modules pushing CJ/T 188 901F data frames (function 04), one frame per reading, as hex text
+    (or binary with `as_hex=False`)."""
     from drivers.cjt188.frame import Frame, encode_frame
 
     def encode(meter: VirtualMeter, readings: list[tuple[datetime, Decimal]]) -> tuple[str, bytes]:
@@ -146,7 +147,8 @@ def cjt188_push(prefix: str = "cjt188", clock_offset: timedelta = timedelta(hour
             payload = cjt188_metering(meter, ts, volume, clock_offset)
             frame = Frame(meter_type=0x30, address=meter.address, control=0x04, di=0x901F, ser=0, payload=payload)
             frames.append(encode_frame(frame, preamble=2))
-        return f"{prefix}/{meter.meter_no}/up", b"".join(frames).hex(" ").upper().encode()
+        data = b"".join(frames)
+        return f"{prefix}/{meter.meter_no}/up", data.hex(" ").upper().encode() if as_hex else data
 
     return encode
 

@@ -152,7 +152,8 @@ def _need(frame: Frame, length: int) -> bytes:
 
 
 def _detail(frame: Frame, **extra: Any) -> dict[str, Any]:
-    return {"di": frame.di_text, "ser": frame.ser, **extra}
+    """What identifies the request a reply answers (with the meter's address): control code, DI and SER."""
+    return {"control": f"{frame.control:02X}", "di": frame.di_text, "ser": frame.ser, **extra}
 
 
 def _request(address: str, control: int, di: int, ser: int, payload: bytes, settings: Workarounds) -> bytes:
@@ -189,3 +190,9 @@ def encode_ack(frame: Frame, settings: Workarounds) -> bytes:
     """The master's 84 answer to a meter's unsolicited push: same type, address, DI and SER."""
     ack = Frame(frame.meter_type, frame.address, control_code(FN_WRITE, from_meter=True), frame.di, frame.ser)
     return encode_frame(ack, settings.di_order, settings.preamble)
+
+
+def purchase_sequence_is_newer(sequence: int, last: int) -> bool:
+    """The meter's view of a one-byte purchase sequence: newer when 1 to 127 steps after the last one accepted,
+    counting on from 255 to 0 (serial-number arithmetic), so that the sequence survives its wrap."""
+    return 0 < (sequence - last) % 256 < 128

@@ -10,21 +10,26 @@ from typing import Any
 
 from drivers.base import Capability, Command, CommandKind, Decoded, DecodeError, Transport, UnsupportedCommand, Uplink
 from drivers.cjt188 import codec
-from drivers.cjt188.frame import decode_frame
+from drivers.cjt188.frame import DIR_FROM_METER, ERROR, control_code, decode_frame
 from drivers.cjt188.framer import RawFrame, Skipped, StreamFramer
 from drivers.cjt188.settings import Workarounds
 
 _HEX_TEXT = re.compile(rb"[0-9A-Fa-f\s]+")
+DOWNLINK_ENCODINGS = ("auto", "binary", "hex")
+PURCHASE_SEQUENCE_MODULUS = 256  # the purchase sequence is one byte on the wire: … 254, 255, 0, 1 …
+_REPLY_CONTROL_MASK = 0xFF & ~(DIR_FROM_METER | ERROR)  # a reply echoes the request's control, plus these bits
 
 
 @dataclass(frozen=True)
 class Cjt188Settings:
     topic: str = "cjt188/+/up"  # MQTT filter of DTU uplinks; the meter is the frame's address
     workarounds: Workarounds = field(default_factory=Workarounds)
+    # How frames go down to the DTU: "binary", "hex" (text), or "auto": as the meter's own uplinks came.
+    downlink_encoding: str = "auto"
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any]) -> Cjt188Settings:
-        unknown = set(settings) - {"topic", "workarounds"}
+        unknown = set(settings) - {"topic", "workarounds", "downlink_encoding"}
         if unknown:
             raise ValueError(f"cjt188: unknown setting(s) {', '.join(sorted(unknown))}")
         topic = settings.get("topic", "cjt188/+/up")
@@ -33,7 +38,11 @@ class Cjt188Settings:
         workarounds = settings.get("workarounds", {})
         if not isinstance(workarounds, Mapping):
             raise ValueError("cjt188: workarounds must be a table")
-        return cls(topic=topic, workarounds=Workarounds.from_mapping(workarounds))
+        encoding = settings.get("downlink_encoding", "auto")
+        if encoding not in DOWNLINK_ENCODINGS:
+            choices = ", ".join(DOWNLINK_ENCODINGS)
+            raise ValueError(f"cjt188: downlink_encoding must be one of {choices}, got {encoding!r}")
+        return cls(topic=topic, workarounds=Workarounds.from_mapping(workarounds), downlink_encoding=encoding)
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
@@ -63,6 +72,7 @@ def ser_for(correlation_id: str) -> int:
 
 class Cjt188Driver:
     key: str = "cjt188"
+    purchase_sequence_modulus: int = PURCHASE_SEQUENCE_MODULUS
     transports: frozenset[Transport] = frozenset({Transport.MQTT, Transport.SERIAL})
     capabilities: Capability = (
         Capability.READ
@@ -101,8 +111,53 @@ class Cjt188Driver:
             decoded.replies += part.replies
             acks += part.response or b""
         if acks:
-            decoded.response = acks.hex().upper().encode() if as_hex else acks
+            decoded.response = self.downlink(acks, "hex" if as_hex else "binary")
         return decoded
+
+    def uplink_encoding(self, payload: bytes) -> str:
+        """How a DTU sent this payload: "hex" (text) or "binary"."""
+        return "hex" if unhex(payload)[1] else "binary"
+
+    def downlink(self, frames: bytes, uplink_encoding: str | None) -> bytes:
+        """Frames as they go down to the DTU: the route's `downlink_encoding`, or with "auto" the encoding
+        of the meter's uplinks (binary while none has been seen)."""
+        encoding = self.settings.downlink_encoding
+        if encoding == "auto":
+            encoding = uplink_encoding or "binary"
+        return frames.hex().upper().encode() if encoding == "hex" else frames
+
+    def request(self, command: Command) -> tuple[int, int]:
+        """The control code and DI of the request frame that carries `command`."""
+        workarounds = self.settings.workarounds
+        if command.kind is CommandKind.READ:
+            return control_code(codec.FN_READ), codec.DI_METERING
+        if command.kind is CommandKind.CREDIT_READ:
+            return control_code(codec.FN_READ), codec.DI_PURCHASE_READ
+        if command.kind in (CommandKind.VALVE_OPEN, CommandKind.VALVE_CLOSE):
+            return workarounds.valve_control, codec.DI_VALVE
+        if command.kind is CommandKind.CREDIT:
+            return control_code(codec.FN_WRITE), codec.DI_PURCHASE_WRITE
+        raise UnsupportedCommand(f"cjt188 cannot send {command.kind}")
+
+    def reply_matches(self, command: Command, detail: Mapping[str, Any]) -> bool:
+        """Whether a decoded reply (its `control`, `di` and `ser`) answers the frame `encode(command)` sent.
+
+        CJ/T 188 replies carry no correlation id: the meter echoes its address, the request's control code
+        (with the direction bit, and the error bit when it refuses), the DI and the SER.
+        """
+        try:
+            control, di = self.request(command)
+            reply_control = int(str(detail["control"]), 16)
+            reply_di = int(str(detail["di"]), 16)
+            reply_ser = int(detail["ser"])
+        except (KeyError, TypeError, ValueError, UnsupportedCommand):
+            return False
+        return (
+            bool(reply_control & DIR_FROM_METER)
+            and reply_control & _REPLY_CONTROL_MASK == control & _REPLY_CONTROL_MASK
+            and reply_di == di
+            and reply_ser == ser_for(command.correlation_id)
+        )
 
     def encode(self, command: Command) -> bytes:
         """One request frame; the address is `command.address`, or the meter number when that is empty."""
@@ -118,7 +173,11 @@ class Cjt188Driver:
         if command.kind is CommandKind.CREDIT:
             if command.amount is None or command.sequence is None:
                 raise ValueError("a CJ/T 188 top-up needs an amount and a purchase sequence")
-            return codec.encode_purchase(address, command.sequence, command.amount, ser, workarounds)
+            if command.sequence < 0:
+                raise ValueError(f"purchase sequence must not be negative, got {command.sequence}")
+            # Our sequence keeps growing; the meter's is one byte and wraps (see PURCHASE_SEQUENCE_MODULUS).
+            wire_sequence = command.sequence % PURCHASE_SEQUENCE_MODULUS
+            return codec.encode_purchase(address, wire_sequence, command.amount, ser, workarounds)
         raise UnsupportedCommand(f"cjt188 cannot send {command.kind}")
 
 
