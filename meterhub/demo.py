@@ -1,232 +1,300 @@
-"""`meterhub demo`: a small gas utility on the embedded store, ready to look at."""
+"""`meterhub demo`: the whole platform on one machine, with embedded defaults.
+
+First the store (embedded PostgreSQL unless `database.url` is set) gets a gas utility: estates, customers,
+accounts and meters on four transports, staff with demo passwords, tariffs, a year of daily readings, the
+months of that year validated, reviewed, billed and (mostly) paid, alarms and commands. Then it runs live:
+broker, simulated meters, collector, console. Ctrl-C (or SIGTERM) stops everything and releases the
+embedded server; the next start resumes the same utility and adds only what is missing.
+"""
 
 from __future__ import annotations
 
-import math
-import random
-from datetime import UTC, date, datetime, time, timedelta
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from types import FrameType
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from meterhub import demo_billing, demo_data
 from meterhub.settings import Settings
 from meterhub.store import Store
 
-AREAS = [("HD", "海淀区", "Haidian"), ("CY", "朝阳区", "Chaoyang"), ("FT", "丰台区", "Fengtai")]
-COMMUNITIES_PER_AREA = 2
-USAGE_TYPES = [
-    ("RES", "居民生活用气", "Residential", "residential"),
-    ("COM", "商业用气", "Commercial", "commercial"),
-    ("IND", "工业用气", "Industrial", "industrial"),
-    ("HEAT", "采暖用气", "Heating", "heating"),
-]
-MODELS = [
-    # manufacturer code, manufacturer, model, driver, has valve, prepaid capable, register max
-    ("GOLDCARD", "金卡智能", "NB-IoT G2.5", "native_json", True, True, Decimal("99999.999")),
-    ("VIEWSHINE", "威星智能", "CJ188-DTU G4", "cjt188", True, True, Decimal("99999.99")),
-    ("FLONIDAN", "Flonidan", "UNIFLO1200", "modbus", False, False, None),
-]
-STAFF = [
-    ("admin", "系统管理员", "admin"),
-    ("cashier", "收费员 王芳", "cashier"),
-    ("clerk", "抄表审核 李强", "billing_clerk"),
-    ("reader", "抄表员 张伟", "meter_reader"),
-    ("engineer", "维修工程师 赵磊", "field_engineer"),
-    ("auditor", "稽核 陈静", "auditor"),
-]
-SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗"
-GIVEN = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂"
+STATUS_EVERY_S = 60.0
+QUIET_LOGGERS = ("billing",)  # bill runs log each run; the demo prints its own summary
 
 
-def run_demo(settings: Settings, console: Console, meters: int, days: int) -> None:
-    with Store(settings) as store:
-        console.print(f"[bold]meterhub demo[/bold] — {store.describe()}")
+class DemoStopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM arrived while the demo was being prepared. A KeyboardInterrupt, so that a query in
+    progress is cancelled on the server (psycopg does that for it) and its transaction rolls back."""
+
+
+@dataclass
+class DemoOptions:
+    meters: int = 3000
+    days: int | None = None  # days of history; None: back to the start of the month a year ago
+    live: bool = True
+    port: int | None = None  # console port; None: console.port
+    interval_s: float = 300.0
+    poll_s: float = 60.0
+    run_for: float | None = None  # stop by itself after this many seconds of live running
+
+
+@dataclass
+class Timings:
+    steps: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.steps[name] = self.steps.get(name, 0.0) + time.perf_counter() - started
+
+    def text(self) -> str:
+        return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.steps.items())
+
+
+class Stopper:
+    """SIGINT and SIGTERM ask the demo to stop. While the data is prepared they interrupt the step in progress
+    (every step is one transaction and idempotent, so the next start does it again); once live they set
+    `event`, and the platform stops in order."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.event = threading.Event()
+        self.interrupting = True
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Stopper:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self.event.is_set():
+            self.console.print("[yellow]stopping…[/yellow]")
+        self.event.set()
+        if self.interrupting:
+            self.interrupting = False  # once: a second Ctrl-C must not break the clean-up
+            raise DemoStopped
+
+    def check(self) -> None:
+        if self.event.is_set():
+            raise DemoStopped
+
+
+class DemoError(RuntimeError):
+    """The demo cannot start; the message says why."""
+
+
+def run_demo(settings: Settings, console: Console, options: DemoOptions) -> None:
+    """Prepare the demo utility (or resume it), then run it live until stopped."""
+    settings = _demo_settings(settings)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with Stopper(console) as stopper:
+        console_socket = None
+        if options.live:
+            from meterhub.demo_live import bind_console
+
+            host = settings.console.host
+            port = settings.console.port if options.port is None else options.port
+            try:
+                console_socket = bind_console(host, port)
+            except OSError as exc:
+                raise DemoError(f"the console cannot listen on {host}:{port} ({exc.strerror}); try --port") from None
+        try:
+            with Store(settings) as store:
+                _prepare(store, settings, console, options, stopper)
+                if console_socket is not None:
+                    _run_live(store, settings, console, options, stopper, console_socket)
+                else:
+                    store.maintain()
+                    console.print(
+                        "\nThe data stays in "
+                        f"[bold]{store.embedded.pgdata if store.embedded else store.describe()}[/bold]; "
+                        "[bold]meterhub demo[/bold] runs it live, [bold]meterhub serve[/bold] serves the console."
+                    )
+        except DemoStopped:
+            console.print("stopped; [bold]meterhub demo[/bold] resumes where this one stopped")
+        finally:
+            if console_socket is not None:
+                console_socket.close()
+
+
+def _demo_settings(settings: Settings) -> Settings:
+    """The console, the collector and the status queries share the pool: give it room unless configured."""
+    if "pool_max" in settings.database.model_fields_set:
+        return settings
+    database = settings.database.model_copy(update={"pool_max": max(settings.database.pool_max, 20)})
+    return settings.model_copy(update={"database": database})
+
+
+def history_start(today: date, days: int | None) -> date:
+    """The day before the first day of history: twelve complete months by default."""
+    return today - timedelta(days=days) if days else demo_data.month_start(today, 12) - timedelta(days=1)
+
+
+def _prepare(store: Store, settings: Settings, console: Console, options: DemoOptions, stopper: Stopper) -> None:
+    timings = Timings()
+    console.print(f"[bold]meterhub demo[/bold] — {store.describe()}")
+    with timings.step("schema"):
         applied = store.migrate()
-        console.print(f"schema: {', '.join(applied) if applied else 'up to date'}")
-        today = datetime.now(ZoneInfo(settings.timezone)).date()
-        with store.transaction(actor="demo") as conn:
-            created = seed_master_data(conn, meters)
-        console.print(f"master data: {created} new meters with customers and accounts")
-        store.maintain()
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("readings", total=days)
-            stored = seed_readings(store, settings.timezone, today, days, lambda: progress.advance(task))
-        console.print(f"readings: {stored} new daily register readings over {days} days")
-        store.maintain()
-        with store.connection() as conn:
-            _summary(conn, console)
-        console.print(
-            "\nNext: [bold]meterhub db status[/bold] shows the schema; set METERHUB_DATABASE_URL to use your "
-            "own PostgreSQL; the data stays in "
-            f"[bold]{store.embedded.pgdata if store.embedded else 'your database'}[/bold] between runs."
-        )
+    console.print(f"schema: {', '.join(applied) if applied else 'up to date'}")
+    stopper.check()
+    today = datetime.now(ZoneInfo(settings.timezone)).date()
+    first_day = history_start(today, options.days)
+    with timings.step("master data"), store.transaction(actor="demo") as conn:
+        staff = demo_data.seed_staff(conn)
+        created = demo_data.seed_master_data(conn, options.meters)
+    console.print(f"master data: {created} new meters with customers and accounts; {staff} staff logins set")
+    stopper.check()
+    with timings.step("history"), console.status("daily readings…"):
+        stored = demo_data.seed_history(store, today, first_day)
+    console.print(f"history: {stored} new daily register readings")
+    stopper.check()
+    months = demo_billing.billing_months(today, first_day)
+    columns = (TextColumn("billing {task.description}"), BarColumn(), TimeElapsedColumn())
+    with timings.step("billing"), Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("", total=len(months))
 
+        def tick(period: str) -> None:
+            stopper.check()
+            progress.update(task, description=period, completed=months.index(period))
 
-def _name(rng: random.Random) -> str:
-    return rng.choice(SURNAMES) + "".join(rng.choice(GIVEN) for _ in range(rng.choice((1, 2))))
+        billed = demo_billing.seed_billing(store, today, first_day, tick)
+    console.print(
+        f"billing: {len(billed.periods)} month(s) validated, reviewed and billed ({billed.bills} bills); "
+        f"{billed.payments} payments on time, {billed.late_payments} late"
+    )
+    stopper.check()
+    from meterhub.demo_activity import seed_activity
 
-
-def seed_master_data(conn: psycopg.Connection[Any], meters: int) -> int:
-    """Create the demo utility; idempotent (codes and numbers are fixed, conflicts are skipped)."""
-    for code, name, name_en in AREAS:
-        conn.execute(
-            "INSERT INTO area (code, name) VALUES (%s, %s) ON CONFLICT (code) DO NOTHING", [code, f"{name} {name_en}"]
-        )
-        for n in range(1, COMMUNITIES_PER_AREA + 1):
-            conn.execute(
-                """INSERT INTO community (area_id, code, name, address)
-                   SELECT id, %s, %s, %s FROM area WHERE code = %s ON CONFLICT (code) DO NOTHING""",
-                [f"{code}-{n:02d}", f"{name_en} Garden {n} / {name}花园{n}期", f"{name} No. {n * 18} Road", code],
-            )
-    for code, name, name_en, category in USAGE_TYPES:
-        conn.execute(
-            """INSERT INTO usage_type (code, name, name_en, category) VALUES (%s, %s, %s, %s)
-               ON CONFLICT (code) DO NOTHING""",
-            [code, name, name_en, category],
-        )
-    for mcode, mname, model, driver, valve, prepaid, register_max in MODELS:
-        conn.execute(
-            "INSERT INTO manufacturer (code, name) VALUES (%s, %s) ON CONFLICT (code) DO NOTHING", [mcode, mname]
-        )
-        conn.execute(
-            """INSERT INTO meter_model (manufacturer_id, name, driver_key, has_valve, prepaid_capable, register_max)
-               SELECT id, %s, %s, %s, %s, %s FROM manufacturer WHERE code = %s
-               ON CONFLICT (manufacturer_id, name) DO NOTHING""",
-            [model, driver, valve, prepaid, register_max, mcode],
-        )
-    for username, display, role in STAFF:
-        conn.execute(
-            "INSERT INTO staff_user (username, display_name, role) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-            [username, display, role],
-        )
-    communities = conn.execute("SELECT id, code, address FROM community ORDER BY code").fetchall()
-    usage = dict(conn.execute("SELECT code, id FROM usage_type").fetchall())
-    models = conn.execute("SELECT mm.id, mm.driver_key, mm.register_max FROM meter_model mm ORDER BY mm.id").fetchall()
-    rng = random.Random(20261127)
-    created = 0
-    for i in range(1, meters + 1):
-        community_id, ccode, caddress = communities[(i - 1) % len(communities)]
-        commercial = i % 20 == 0
-        industrial = i % 97 == 0
-        model_id, driver, register_max = models[2] if industrial else models[0 if i % 3 else 1]
-        usage_code = "IND" if industrial else "COM" if commercial else "RES"
-        customer_no = f"C{i:07d}"
-        row = conn.execute(
-            """INSERT INTO customer (customer_no, name, kind, phone, address, household_size, protected)
-               VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (customer_no) DO NOTHING RETURNING id""",
-            [
-                customer_no,
-                f"{_name(rng)}餐馆" if commercial else _name(rng),
-                "organisation" if commercial or industrial else "person",
-                f"1{rng.randint(3, 9)}{rng.randint(0, 999999999):09d}",
-                f"{caddress}, building {1 + i // 24}, unit {1 + i % 24}",
-                rng.choice((1, 2, 3, 3, 4, 5, 6)),
-                i % 50 == 7,
-            ],
-        ).fetchone()
-        if row is None:
-            continue  # seeded by an earlier run
-        account = conn.execute(
-            """INSERT INTO account (account_no, customer_id, community_id, address, usage_type_id, billing_mode,
-                                    card_no, opened_on)
-               VALUES (%s, %s, %s, (SELECT address FROM customer WHERE id = %s), %s, %s, %s, %s) RETURNING id""",
-            [
-                f"{ccode}-{i:06d}",
-                row[0],
-                community_id,
-                row[0],
-                usage[usage_code],
-                "prepaid_account" if i % 4 == 0 else "postpaid",
-                f"IC{i:010d}",
-                date(2020, 1, 1),
-            ],
-        ).fetchone()
-        assert account is not None
-        conn.execute(
-            """INSERT INTO meter (meter_no, model_id, driver_key, protocol_address, usage_type_id, account_id,
-                                  prepaid, valve_state, status, install_date, register_max)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, 'open', 'installed', %s, %s)""",
-            [
-                f"M{i:08d}",
-                model_id,
-                driver,
-                f"{i:014d}" if driver == "cjt188" else "",
-                usage[usage_code],
-                account[0],
-                i % 4 == 0,
-                date(2020, 1, 1),
-                register_max,
-            ],
-        )
-        created += 1
-    return created
-
-
-def daily_use_m3(rng: random.Random, day: date, usage_category: str) -> Decimal:
-    """A plausible day of gas: more in the heating months, weekends differ, some homes stand idle."""
-    season = 1.0 + 0.9 * max(0.0, math.cos((day.timetuple().tm_yday - 15) / 365 * 2 * math.pi))
-    base = {"commercial": 14.0, "industrial": 180.0}.get(usage_category, 0.9)
-    weekend = 1.15 if day.weekday() >= 5 and usage_category == "residential" else 1.0
-    use = max(0.0, rng.gauss(base * season * weekend, base * 0.25))
-    return Decimal(f"{use:.3f}")
-
-
-def seed_readings(store: Store, timezone: str, today: date, days: int, tick: Any) -> int:
-    """One register reading per meter per day at 23:55 local time, copied in bulk; re-runs add nothing."""
-    zone = ZoneInfo(timezone)
+    with timings.step("alarms and commands"):
+        events, commands = seed_activity(store)
+    console.print(f"alarms: {events} new; commands: {commands} new")
+    console.print(f"prepared in {sum(timings.steps.values()):.1f} s ({timings.text()})")
     with store.connection() as conn:
-        meters = conn.execute(
-            """SELECT m.id, ut.category, m.initial_reading FROM meter m
-               JOIN usage_type ut ON ut.id = m.usage_type_id ORDER BY m.id"""
-        ).fetchall()
-    total = 0
-    registers = {meter_id: initial for meter_id, _, initial in meters}
-    for offset in range(days, 0, -1):
-        day = today - timedelta(days=offset)
-        ts = datetime.combine(day, time(23, 55), zone).astimezone(UTC)
-        with store.transaction() as conn:
-            conn.execute("CREATE TEMP TABLE demo_reading (LIKE reading INCLUDING DEFAULTS) ON COMMIT DROP")
-            with conn.cursor().copy("COPY demo_reading (meter_id, channel, ts, value, source) FROM STDIN") as copy:
-                for meter_id, category, _ in meters:
-                    rng = random.Random(f"{meter_id}:{day.isoformat()}")
-                    registers[meter_id] += daily_use_m3(rng, day, category)
-                    copy.write_row((meter_id, "volume_m3", ts, registers[meter_id], "demo"))
-            cursor = conn.execute(
-                "INSERT INTO reading SELECT * FROM demo_reading ON CONFLICT (meter_id, channel, ts) DO NOTHING"
-            )
-            total += cursor.rowcount
-        tick()
-    return total
+        _summary(conn, console, today)
+    _logins(console)
 
 
-def _summary(conn: psycopg.Connection[Any], console: Console) -> None:
+def _summary(conn: psycopg.Connection[Any], console: Console, today: date) -> None:
+    from billing.ledger import positions
+
     counts = conn.execute(
-        """SELECT (SELECT count(*) FROM area), (SELECT count(*) FROM community), (SELECT count(*) FROM customer),
-                  (SELECT count(*) FROM account), (SELECT count(*) FROM meter), (SELECT count(*) FROM reading),
-                  (SELECT count(*) FROM change_history)"""
+        """SELECT (SELECT count(*) FROM community), (SELECT count(*) FROM account), (SELECT count(*) FROM meter),
+                  (SELECT count(*) FROM reading), (SELECT count(*) FROM bill), (SELECT count(*) FROM payment),
+                  (SELECT count(*) FROM reading_review WHERE status = 'pending'),
+                  (SELECT count(*) FROM meter_event WHERE cleared_at IS NULL),
+                  (SELECT count(*) FROM meter_command)"""
     ).fetchone()
     assert counts is not None
-    table = Table(title="what is in the store")
-    for column in ("areas", "communities", "customers", "accounts", "meters", "readings", "history rows"):
-        table.add_column(column, justify="right")
-    table.add_row(*(str(c) for c in counts))
+    table = Table(title="what is in the store", show_header=False)
+    table.add_column("what")
+    table.add_column("how many", justify="right")
+    names = ("estates", "accounts", "meters", "readings", "bills", "payments", "readings waiting for review",
+             "open alarms", "commands")  # fmt: skip
+    for name, count in zip(names, counts, strict=True):
+        table.add_row(name, str(count))
     console.print(table)
-    top = conn.execute(
-        """SELECT m.meter_no, a.account_no, c.name, sum(d.consumption_m3) AS used
-             FROM daily_consumption d JOIN meter m ON m.id = d.meter_id
-             JOIN account a ON a.id = m.account_id JOIN customer c ON c.id = a.customer_id
-            WHERE d.day >= current_date - 30
-            GROUP BY 1, 2, 3 ORDER BY used DESC LIMIT 5"""
+    ids = [r[0] for r in conn.execute("SELECT account_id FROM ledger_entry GROUP BY 1 HAVING sum(amount) > 0")]
+    owed = [p for p in positions(conn, ids, today).values() if p.arrears > 0]
+    if owed:
+        arrears = sum((p.arrears for p in owed), Decimal(0))
+        fees = sum((p.unposted_fee for p in owed), Decimal(0))
+        console.print(f"arrears: {len(owed)} accounts owe {arrears} yuan overdue, {fees} yuan late fees accruing")
+    transports = conn.execute(
+        """SELECT CASE WHEN driver_key = 'modbus' THEN 'Modbus TCP'
+                       WHEN protocol_address LIKE '%:%' THEN 'serial CJ/T 188'
+                       WHEN driver_key = 'cjt188' THEN 'CJ/T 188 over MQTT' ELSE 'native JSON over MQTT' END, count(*)
+             FROM meter GROUP BY 1 ORDER BY 2 DESC"""
     ).fetchall()
-    if top:
-        usage = Table(title="largest use, last 30 days (m³)")
-        for column in ("meter", "account", "customer", "m³"):
-            usage.add_column(column)
-        for meter_no, account_no, name, used in top:
-            usage.add_row(meter_no, account_no, name, f"{used:.3f}")
-        console.print(usage)
+    console.print("meters: " + ", ".join(f"{n} {kind}" for kind, n in transports))
+
+
+def _logins(console: Console) -> None:
+    table = Table(title="demo logins")
+    for column in ("role", "user", "password", "limited to"):
+        table.add_column(column)
+    for member in demo_data.STAFF:
+        table.add_row(member.role, member.username, member.password, member.area or "")
+    console.print(table)
+
+
+def _run_live(
+    store: Store, settings: Settings, console: Console, options: DemoOptions, stopper: Stopper, sock: Any
+) -> None:
+    from meterhub.demo_live import LiveOptions, LivePlatform
+
+    stopper.check()
+    stopper.interrupting = False
+    live = LivePlatform(settings, store, LiveOptions(options.port, options.interval_s, options.poll_s), sock)
+    try:
+        with console.status("starting broker, meters, collector and console…"):
+            live.start()
+    except (RuntimeError, OSError) as exc:  # what started was stopped again
+        raise DemoError(f"the live platform did not start: {exc}") from None
+    try:
+        assert live.broker is not None
+        where = settings.mqtt.url or f"embedded broker on {live.broker.host}:{live.broker.port}"
+        console.print(f"MQTT: {where}; meters report every {options.interval_s:g} s, field buses polled every "
+                      f"{options.poll_s:g} s")  # fmt: skip
+        console.print(f"\n[bold green]console: {live.url}[/bold green]  (sign in with a demo login; Ctrl-C stops)")
+        deadline = time.monotonic() + options.run_for if options.run_for is not None else None
+        next_status = time.monotonic() + STATUS_EVERY_S
+        while not stopper.event.is_set():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            wake = min(next_status, deadline if deadline is not None else next_status)
+            stopper.event.wait(max(0.0, wake - now))
+            if time.monotonic() >= next_status and not stopper.event.is_set():
+                next_status += STATUS_EVERY_S
+                _status(console, store, live.started_at)
+    finally:
+        with console.status("stopping…"):
+            live.stop()
+        # The collector's upkeep thread may still be refreshing the daily view; stopping the embedded server
+        # ends that query, which is expected here and not worth a warning.
+        logging.getLogger("collector.service").setLevel(logging.ERROR)
+    _status(console, store, live.started_at, final=True)
+
+
+def _status(console: Console, store: Store, since: datetime, final: bool = False) -> None:
+    from meterhub.demo_live import live_counts
+
+    try:
+        counts = live_counts(store, since)
+        with store.connection() as conn:
+            states = dict(
+                conn.execute(
+                    "SELECT state, count(*) FROM meter_command WHERE updated_at >= %s GROUP BY 1", [since]
+                ).fetchall()
+            )
+    except psycopg.Error as exc:
+        console.print(f"[yellow]status unavailable: {exc}[/yellow]")
+        return
+    running = datetime.now(UTC) - since
+    readings = (f"native JSON {counts['native_mqtt']}, CJ/T 188 over MQTT {counts['cjt188_mqtt']}, "
+                f"Modbus {counts['modbus']}, serial {counts['serial']}")  # fmt: skip
+    done = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none"
+    prefix = "stopped after" if final else "running for"
+    console.print(f"{prefix} {str(running).split('.')[0]}: readings received — {readings}; commands — {done}")

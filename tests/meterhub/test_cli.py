@@ -9,7 +9,6 @@ from pathlib import Path
 import psycopg
 
 from meterhub import migrate
-from meterhub.embedded import EmbeddedPostgres
 
 
 def meterhub(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -18,21 +17,6 @@ def meterhub(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subpro
     return subprocess.run(
         [sys.executable, "-m", "meterhub", *args], cwd=cwd, env=clean, capture_output=True, text=True, timeout=300
     )
-
-
-def test_demo_on_embedded_defaults_then_resume(tmp_path: Path) -> None:
-    first = meterhub("demo", "--meters", "30", "--days", "5", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    assert "embedded PostgreSQL" in first.stdout
-    assert "30 new meters" in first.stdout
-    assert "150 new daily register readings" in first.stdout
-    assert (tmp_path / "var" / "postgres" / "data" / "PG_VERSION").exists()
-    assert not EmbeddedPostgres(tmp_path / "var").is_running()  # stopped cleanly on exit
-
-    again = meterhub("demo", "--meters", "30", "--days", "5", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
-    assert "0 new meters" in again.stdout  # the same utility, resumed
-    assert "0 new daily register readings" in again.stdout
 
 
 def test_db_commands_against_a_given_database(database_factory: Callable[[], str], tmp_path: Path) -> None:
