@@ -57,3 +57,29 @@ def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "cannot connect to PostgreSQL" in result.stderr
+
+
+def test_first_administrator_from_the_command_line(database_factory: Callable[[], str], tmp_path: Path) -> None:
+    from dashboards.security import verify_password
+
+    env = {"METERHUB_DATABASE_URL": database_factory()}
+    added = meterhub("user", "add", "chief", "--role", "admin", "--name", "Chief", "--password", "first-pass-1",
+                     cwd=tmp_path, env=env)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    again = meterhub("user", "add", "chief", "--password", "first-pass-1", cwd=tmp_path, env=env)
+    assert again.returncode == 1 and "taken" in again.stderr
+    weak = meterhub("user", "add", "temp", "--password", "short", cwd=tmp_path, env=env)
+    assert weak.returncode == 1 and "8 characters" in weak.stderr
+    with psycopg.connect(env["METERHUB_DATABASE_URL"]) as conn:
+        conn.execute("INSERT INTO login_attempt (username, ok) SELECT 'chief', false FROM generate_series(1, 9)")
+        conn.commit()
+    reset = meterhub("user", "password", "chief", "--password", "second-pass-2", cwd=tmp_path, env=env)
+    assert reset.returncode == 0, reset.stderr
+    listed = meterhub("user", "list", cwd=tmp_path, env=env)
+    assert "chief" in listed.stdout and "admin" in listed.stdout
+    with psycopg.connect(env["METERHUB_DATABASE_URL"]) as conn:
+        stored = conn.execute("SELECT password_hash FROM staff_user WHERE username = 'chief'").fetchone()
+        assert stored is not None and stored[0].startswith("$argon2id$")
+        assert verify_password(stored[0], "second-pass-2")
+        last = conn.execute("SELECT ok FROM login_attempt WHERE username = 'chief' ORDER BY id DESC LIMIT 1")
+        assert last.fetchone() == (True,)  # the lockout is lifted
