@@ -9,16 +9,22 @@ cashier (结账), reconciliation against the ledger (核销) and reprints.
 - `void_invoice`: by the invoice's cashier or a user with `billing.invoice_void`, with a reason; the invoice
   stays with its number (status `void`, who, when, why) and the number is never handed out again, since
   numbers are only taken from `next_no`, which only moves forward.
+- `ensure_invoice`: the payment's live invoice, or a new one as `issue_invoice` gives it (for a retried
+  payment request: one invoice, however often it is asked for).
 - `settle_day`: totals of a cashier's day (payments taken, reversals of them booked that day, invoices issued
-  and voided); once settled the day takes no more invoices or voids from that cashier.
+  and voided); once settled the day takes no more invoices, voids or payments (billing.payments) from that
+  cashier. The cashier settles their own day; anyone else needs `billing.invoice_stock`. A day that has not
+  come yet cannot be settled.
 - `reconcile`: settled days against the ledger. Per payment of the cashier touched that day, the net ledger
   amount booked that day (payment and prepayment entries less their reversals) must equal the invoices issued
   for it that day less those voided that day; the settled totals must still match the ledger. Clean days are
-  marked reconciled; differences are listed.
+  marked reconciled (unless asked only to check); differences are listed.
 - `reprint_invoice`: a live invoice printed again, counted, logged and marked as a reprint.
+- `stock`, `day_totals`, `settlement_of`: reads for the console, the API and the CLI.
 
 Every service runs in one transaction under a per-cashier advisory lock, so issuing, voiding and settling
-the same cashier's invoices happen one after another.
+the same cashier's invoices happen one after another; payments take the same lock shared (billing.payments),
+so a settlement waits for the cashier's payments in flight.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from typing import Any
 import psycopg
 
 from billing.ledger import ZERO, LedgerError
-from billing.payments import PermissionCheck, PermissionDenied, role_permission
+from billing.payments import PermissionCheck, PermissionDenied, lock_cashier, role_permission
 from meterhub.store import Store
 
 NUMBER_WIDTH = 8
@@ -49,10 +55,25 @@ class InvoiceRange:
     last_no: int
     next_no: int
     cashier: str
+    issued_by: str = ""
+    issued_at: dt.datetime | None = None
+    voided: int = 0  # numbers of the range used for invoices that are void now
 
     @property
     def remaining(self) -> int:
         return self.last_no - self.next_no + 1
+
+    @property
+    def used(self) -> int:
+        """Numbers handed out (voided ones included: a number is never reused)."""
+        return self.next_no - self.first_no
+
+    @property
+    def size(self) -> int:
+        return self.last_no - self.first_no + 1
+
+    def number(self, value: int) -> str:
+        return format_number(self.prefix, value)
 
 
 @dataclass(frozen=True)
@@ -91,6 +112,10 @@ class Settlement:
     cashier: str
     day: dt.date
     totals: DayTotals
+    settled_by: str = ""
+    settled_at: dt.datetime | None = None
+    reconciled_by: str | None = None
+    reconciled_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +129,7 @@ class Difference:
     actual: Decimal
     expected: Decimal
     note: str
+    item: str = ""  # for kind "settlement": the settled total that differs (a DayTotals field)
 
 
 @dataclass(frozen=True)
@@ -113,6 +139,7 @@ class Reconciliation:
     ledger_amount: Decimal  # net payments booked that day
     invoice_amount: Decimal  # invoices issued less voided that day
     differences: list[Difference] = field(default_factory=list)
+    reconciled: bool = False  # marked reconciled (核销), now or before
 
     @property
     def clean(self) -> bool:
@@ -124,7 +151,7 @@ def format_number(prefix: str, number: int) -> str:
 
 
 def _lock_cashier(conn: psycopg.Connection[Any], cashier: str) -> None:
-    conn.execute("SELECT pg_advisory_xact_lock(hashtext('meterhub.invoice_cashier:' || %s))", [cashier])
+    lock_cashier(conn, cashier)
 
 
 def _require(conn: psycopg.Connection[Any], check: PermissionCheck, actor: str, permission: str) -> None:
@@ -152,23 +179,31 @@ def issue_range(
         try:
             created = conn.execute(
                 "INSERT INTO invoice_range (prefix, first_no, last_no, next_no, cashier, issued_by) "
-                "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id, issued_at",
                 [prefix, first_no, last_no, first_no, cashier, actor],
             ).fetchone()
         except psycopg.errors.ExclusionViolation as exc:
             raise InvoiceError(exc.diag.message_primary or str(exc)) from exc
         assert created is not None
-        return InvoiceRange(int(created[0]), prefix, first_no, last_no, first_no, cashier)
+        return InvoiceRange(int(created[0]), prefix, first_no, last_no, first_no, cashier, actor, created[1])
 
 
-def stock(store: Store, cashier: str) -> list[InvoiceRange]:
-    """The cashier's ranges, oldest first."""
+def stock(store: Store, cashier: str | None) -> list[InvoiceRange]:
+    """The cashier's ranges (every cashier's when None), oldest first, with how many of their numbers are void."""
     with store.connection() as conn:
         rows = conn.execute(
-            "SELECT id, prefix, first_no, last_no, next_no, cashier FROM invoice_range WHERE cashier = %s ORDER BY id",
-            [cashier],
+            "SELECT r.id, r.prefix, r.first_no, r.last_no, r.next_no, r.cashier, r.issued_by, r.issued_at, "
+            "(SELECT count(*) FROM invoice i WHERE i.range_id = r.id AND i.status = 'void') "
+            "FROM invoice_range r WHERE %s::text IS NULL OR r.cashier = %s ORDER BY r.cashier, r.id",
+            [cashier, cashier],
         ).fetchall()
-    return [InvoiceRange(*row) for row in rows]
+    return [
+        InvoiceRange(
+            id=r[0], prefix=r[1], first_no=r[2], last_no=r[3], next_no=r[4], cashier=r[5], issued_by=r[6],
+            issued_at=r[7], voided=int(r[8]),
+        )
+        for r in rows
+    ]  # fmt: skip
 
 
 def _settled(conn: psycopg.Connection[Any], cashier: str, day: dt.date) -> bool:
@@ -183,44 +218,61 @@ def issue_invoice(store: Store, payment_id: int, cashier: str, issued_on: dt.dat
     """An invoice for one of the cashier's payments, numbered from the cashier's stock (default: the pay day)."""
     with store.transaction(actor=cashier) as conn:
         _lock_cashier(conn, cashier)
-        payment = conn.execute("SELECT amount, paid_on, actor FROM payment WHERE id = %s", [payment_id]).fetchone()
-        if payment is None:
-            raise InvoiceError(f"no payment {payment_id}")
-        amount, paid_on, taken_by = payment
-        reversed_ = conn.execute(
-            "SELECT 1 FROM ledger_entry WHERE payment_id = %s AND entry_type = 'reversal' LIMIT 1", [payment_id]
-        ).fetchone()
-        if reversed_ is not None:
-            raise InvoiceError(f"payment {payment_id} is reversed")
-        if taken_by != cashier:
-            raise InvoiceError(f"payment {payment_id} was taken by {taken_by}, not {cashier}")
-        issued_on = issued_on or paid_on
-        if _settled(conn, cashier, issued_on):
-            raise InvoiceError(f"{cashier} is settled for {issued_on}: no more invoices that day")
+        return _issue(conn, payment_id, cashier, issued_on)
+
+
+def ensure_invoice(store: Store, payment_id: int, cashier: str, issued_on: dt.date | None = None) -> Invoice:
+    """The payment's live invoice if it has one, else a new one as `issue_invoice` issues it."""
+    with store.transaction(actor=cashier) as conn:
+        _lock_cashier(conn, cashier)
         live = conn.execute(
-            "SELECT invoice_no FROM invoice WHERE payment_id = %s AND status = 'issued'", [payment_id]
+            f"SELECT {_INVOICE_COLUMNS} FROM invoice WHERE payment_id = %s AND status = 'issued'", [payment_id]
         ).fetchone()
         if live is not None:
-            raise InvoiceError(f"payment {payment_id} already has invoice {live[0]}")
-        taken = conn.execute(
-            "UPDATE invoice_range SET next_no = next_no + 1 WHERE id = (SELECT id FROM invoice_range "
-            "WHERE cashier = %s AND next_no <= last_no ORDER BY id LIMIT 1) RETURNING id, prefix, next_no - 1",
-            [cashier],
-        ).fetchone()
-        if taken is None:
-            raise InvoiceError(f"{cashier} has no invoice numbers left")
-        range_id, prefix, number = taken
-        invoice_no = format_number(prefix, number)
-        row = conn.execute(
-            "INSERT INTO invoice (invoice_no, range_id, payment_id, cashier, amount, issued_on) "
-            f"VALUES (%s, %s, %s, %s, %s, %s) RETURNING id, {_INVOICE_COLUMNS}",
-            [invoice_no, range_id, payment_id, cashier, amount, issued_on],
-        ).fetchone()
-        assert row is not None
-        conn.execute(
-            "INSERT INTO invoice_print (invoice_id, printed_by, reprint) VALUES (%s, %s, false)", [row[0], cashier]
-        )
-        return Invoice(*row[1:])
+            return Invoice(*live)
+        return _issue(conn, payment_id, cashier, issued_on)
+
+
+def _issue(conn: psycopg.Connection[Any], payment_id: int, cashier: str, issued_on: dt.date | None) -> Invoice:
+    """Issue under the cashier lock (held by the caller)."""
+    payment = conn.execute("SELECT amount, paid_on, actor FROM payment WHERE id = %s", [payment_id]).fetchone()
+    if payment is None:
+        raise InvoiceError(f"no payment {payment_id}")
+    amount, paid_on, taken_by = payment
+    reversed_ = conn.execute(
+        "SELECT 1 FROM ledger_entry WHERE payment_id = %s AND entry_type = 'reversal' LIMIT 1", [payment_id]
+    ).fetchone()
+    if reversed_ is not None:
+        raise InvoiceError(f"payment {payment_id} is reversed")
+    if taken_by != cashier:
+        raise InvoiceError(f"payment {payment_id} was taken by {taken_by}, not {cashier}")
+    issued_on = issued_on or paid_on
+    if _settled(conn, cashier, issued_on):
+        raise InvoiceError(f"{cashier} is settled for {issued_on}: no more invoices that day")
+    live = conn.execute(
+        "SELECT invoice_no FROM invoice WHERE payment_id = %s AND status = 'issued'", [payment_id]
+    ).fetchone()
+    if live is not None:
+        raise InvoiceError(f"payment {payment_id} already has invoice {live[0]}")
+    taken = conn.execute(
+        "UPDATE invoice_range SET next_no = next_no + 1 WHERE id = (SELECT id FROM invoice_range "
+        "WHERE cashier = %s AND next_no <= last_no ORDER BY id LIMIT 1) RETURNING id, prefix, next_no - 1",
+        [cashier],
+    ).fetchone()
+    if taken is None:
+        raise InvoiceError(f"{cashier} has no invoice numbers left")
+    range_id, prefix, number = taken
+    invoice_no = format_number(prefix, number)
+    row = conn.execute(
+        "INSERT INTO invoice (invoice_no, range_id, payment_id, cashier, amount, issued_on) "
+        f"VALUES (%s, %s, %s, %s, %s, %s) RETURNING id, {_INVOICE_COLUMNS}",
+        [invoice_no, range_id, payment_id, cashier, amount, issued_on],
+    ).fetchone()
+    assert row is not None
+    conn.execute(
+        "INSERT INTO invoice_print (invoice_id, printed_by, reprint) VALUES (%s, %s, false)", [row[0], cashier]
+    )
+    return Invoice(*row[1:])
 
 
 def void_invoice(
@@ -297,9 +349,22 @@ def day_totals(conn: psycopg.Connection[Any], cashier: str, day: dt.date) -> Day
     )  # fmt: skip
 
 
-def settle_day(store: Store, cashier: str, day: dt.date, actor: str) -> Settlement:
-    """结账: record the cashier's totals for the day; afterwards the day takes no invoices or voids."""
+def settle_day(
+    store: Store,
+    cashier: str,
+    day: dt.date,
+    actor: str,
+    permission: PermissionCheck = role_permission,
+    today: dt.date | None = None,
+) -> Settlement:
+    """结账: record the cashier's totals for the day; afterwards the day takes no invoices, voids or payments
+    of that cashier. By the cashier, or by a user with billing.invoice_stock; not before the day (`today`,
+    default the machine's date)."""
+    if day > (today or dt.date.today()):
+        raise InvoiceError(f"{day} has not come yet: it cannot be settled")
     with store.transaction(actor=actor) as conn:
+        if actor != cashier:
+            _require(conn, permission, actor, "billing.invoice_stock")
         _lock_cashier(conn, cashier)
         if _settled(conn, cashier, day):
             raise InvoiceError(f"{cashier} is already settled for {day}")
@@ -307,7 +372,7 @@ def settle_day(store: Store, cashier: str, day: dt.date, actor: str) -> Settleme
         row = conn.execute(
             "INSERT INTO cashier_settlement (cashier, day, invoices_issued, invoices_void, invoice_amount, "
             "void_amount, payments, payment_amount, reversals, reversal_amount, settled_by) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id, settled_at",
             [
                 cashier,
                 day,
@@ -332,7 +397,20 @@ def settle_day(store: Store, cashier: str, day: dt.date, actor: str) -> Settleme
             "UPDATE invoice SET void_settlement_id = %s WHERE cashier = %s AND voided_on = %s",
             [settlement_id, cashier, day],
         )
-        return Settlement(settlement_id, cashier, day, totals)
+        return Settlement(settlement_id, cashier, day, totals, actor, row[1])
+
+
+def settlement_of(conn: psycopg.Connection[Any], cashier: str, day: dt.date) -> Settlement | None:
+    """The cashier's settlement of the day (结账), with the totals as they were settled; None if not settled."""
+    row = conn.execute(
+        f"SELECT id, {', '.join(_SETTLED_FIELDS)}, settled_by, settled_at, reconciled_by, reconciled_at "
+        "FROM cashier_settlement WHERE cashier = %s AND day = %s",
+        [cashier, day],
+    ).fetchone()
+    if row is None:
+        return None
+    totals = DayTotals(**{name: value for name, value in zip(_SETTLED_FIELDS, row[1:9], strict=True)})
+    return Settlement(int(row[0]), cashier, day, totals, *row[9:])
 
 
 _PER_PAYMENT = """
@@ -367,9 +445,17 @@ _SETTLED_FIELDS = (
 
 
 def reconcile(
-    store: Store, actor: str, first_day: dt.date, last_day: dt.date, cashier: str | None = None
+    store: Store,
+    actor: str,
+    first_day: dt.date,
+    last_day: dt.date,
+    cashier: str | None = None,
+    mark: bool = True,
 ) -> list[Reconciliation]:
-    """核销: check the settled days in first_day..last_day (of one cashier or all) against the ledger."""
+    """核销: check the settled days in first_day..last_day (of one cashier or all) against the ledger; clean days
+    are marked reconciled by `actor` unless `mark` is false (then nothing is written)."""
+    if last_day < first_day:
+        raise InvoiceError(f"bad range of days {first_day}..{last_day}")
     results: list[Reconciliation] = []
     with store.transaction(actor=actor) as conn:
         settlements = conn.execute(
@@ -391,7 +477,12 @@ def reconcile(
                 if value != then:
                     differences.append(
                         Difference(
-                            "settlement", None, Decimal(value), Decimal(then), f"{name}: now {value}, settled {then}"
+                            "settlement",
+                            None,
+                            Decimal(value),
+                            Decimal(then),
+                            f"{name}: now {value}, settled {then}",
+                            name,
                         )
                     )
             result = Reconciliation(
@@ -400,8 +491,9 @@ def reconcile(
                 sum((Decimal(r[1]) for r in rows), ZERO),
                 sum((Decimal(r[2]) for r in rows), ZERO),
                 differences,
+                done or (mark and not differences),
             )
-            if result.clean and not done:
+            if mark and result.clean and not done:
                 conn.execute(
                     "UPDATE cashier_settlement SET reconciled_by = %s, reconciled_at = now() WHERE id = %s",
                     [actor, settlement_id],

@@ -15,6 +15,19 @@ then appends its entries. Money moves only as ledger entries; see billing.ledger
 
 `pay`, `pay_related` and `pay_batch` record how the money was paid (收款方式, one of `PAYMENT_METHODS`) when
 given one.
+
+**Idempotency.** `pay`, `pay_related` and `pay_batch` take an optional idempotency key, unique per actor
+(table `payment_idempotency`). The first request with a key books the payment (or batch) and records the key
+with what was asked; a retry with the same key books nothing and returns the first payment — the same
+receipt — with `replayed` set; the same key with a different request (account, amount as asked, method,
+channel; a batch's condition) is refused with `IdempotencyConflict`. A per-key advisory lock taken before
+anything else makes two concurrent requests with one key book once: the second waits for the first and
+then finds its key.
+
+**Settled days.** A cashier's day settled with `billing.invoices.settle_day` (结账) takes no more payments
+by that cashier (`DaySettled`): `pay_locked` checks under a shared per-cashier advisory lock, so a settlement
+waits for the payments in flight and a payment waits for a settlement in progress; the database refuses
+such a payment too (migration 0017).
 """
 
 from __future__ import annotations
@@ -38,8 +51,21 @@ PaymentMethod = Literal["cash", "card", "transfer", "wechat", "alipay", "cheque"
 PAYMENT_METHODS: tuple[PaymentMethod, ...] = ("cash", "card", "transfer", "wechat", "alipay", "cheque")
 
 
+KEY_MAX = 200  # characters of an idempotency key
+_CASHIER_LOCK = "meterhub.invoice_cashier:"  # the per-cashier advisory lock (billing.invoices takes it too)
+_KEY_LOCK = "meterhub.payment_key:"
+
+
 class PermissionDenied(LedgerError):
     """The actor lacks the permission for this operation."""
+
+
+class IdempotencyConflict(LedgerError):
+    """An idempotency key that the actor already used for a different payment request."""
+
+
+class DaySettled(LedgerError):
+    """The cashier's day is settled (结账): it takes no more payments."""
 
 
 def role_permission(conn: psycopg.Connection[Any], actor: str, permission: str) -> bool:
@@ -65,12 +91,14 @@ class PaymentResult:
     applied: dict[int, Decimal]  # account id -> paid towards what it owed
     credit: Decimal  # booked as prepayment on the paying account
     late_fees_posted: Decimal
+    replayed: bool = False  # an earlier request with the same idempotency key booked it; nothing new
 
 
 @dataclass(frozen=True)
 class BatchResult:
     batch_id: int | None
     payments: list[PaymentResult] = field(default_factory=list)
+    replayed: bool = False
 
     @property
     def amount(self) -> Decimal:
@@ -101,6 +129,109 @@ def find_account(conn: psycopg.Connection[Any], account_no: str | None = None, c
     return int(row[0])
 
 
+def lock_cashier(conn: psycopg.Connection[Any], cashier: str, shared: bool = False) -> None:
+    """The per-cashier advisory lock (until the transaction ends): shared by payments, exclusive for issuing,
+    voiding and settling invoices (billing.invoices)."""
+    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    conn.execute(f"SELECT {function}(hashtext(%s))", [_CASHIER_LOCK + cashier])
+
+
+def refuse_settled(conn: psycopg.Connection[Any], cashier: str, day: dt.date) -> None:
+    """Raise DaySettled when the cashier has settled the day; otherwise hold the shared cashier lock, so that
+    a settlement of that day waits until this transaction ends."""
+    lock_cashier(conn, cashier, shared=True)
+    row = conn.execute(
+        "SELECT settled_by FROM cashier_settlement WHERE cashier = %s AND day = %s", [cashier, day]
+    ).fetchone()
+    if row is not None:
+        raise DaySettled(f"{cashier} is already settled for {day} (结账 by {row[0]}): no more payments that day")
+
+
+def _clean_key(key: str | None) -> str | None:
+    if key is None or not key.strip():
+        return None
+    key = key.strip()
+    if len(key) > KEY_MAX:
+        raise LedgerError(f"an idempotency key has at most {KEY_MAX} characters")
+    return key
+
+
+def _claim_key(
+    conn: psycopg.Connection[Any], actor: str, key: str, request: dict[str, Any]
+) -> tuple[int | None, int | None] | None:
+    """Lock the key; (payment id, batch id) of the request that used it first, or None if it is new. The same key
+    with a different request is refused."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"{_KEY_LOCK}{actor}:{key}"])
+    row = conn.execute(
+        "SELECT request, payment_id, batch_id FROM payment_idempotency WHERE actor = %s AND idempotency_key = %s",
+        [actor, key],
+    ).fetchone()
+    if row is None:
+        return None
+    first, payment_id, batch_id = row
+    if first != request:
+        what = f"payment {payment_id}" if payment_id is not None else f"payment batch {batch_id}"
+        raise IdempotencyConflict(
+            f"idempotency key {key!r} was already used by {actor} for {what}, a different request "
+            f"(then {_describe(first)}; now {_describe(request)})"
+        )
+    return payment_id, batch_id
+
+
+def _describe(request: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in request.items() if v is not None)
+
+
+def _record_key(
+    conn: psycopg.Connection[Any],
+    actor: str,
+    key: str,
+    request: dict[str, Any],
+    payment_id: int | None = None,
+    batch_id: int | None = None,
+) -> None:
+    conn.execute(
+        "INSERT INTO payment_idempotency (actor, idempotency_key, request, payment_id, batch_id) "
+        "VALUES (%s, %s, %s, %s, %s)",
+        [actor, key, Jsonb(request), payment_id, batch_id],
+    )
+
+
+def booked_payment(conn: psycopg.Connection[Any], payment_id: int, replayed: bool = True) -> PaymentResult:
+    """A booked payment as its service returned it: applied per account and credit from its ledger entries; the
+    late fees its transaction posted on the accounts it paid for (the same posting time, by the same actor)."""
+    row = conn.execute(
+        "SELECT p.amount, p.actor, p.paid_at, p.account_id, p.group_id, r.receipt_no "
+        "FROM payment p JOIN receipt r ON r.payment_id = p.id WHERE p.id = %s",
+        [payment_id],
+    ).fetchone()
+    if row is None:
+        raise LedgerError(f"no payment {payment_id}")
+    amount, actor, paid_at, payer, group_id, receipt_no = row
+    applied: dict[int, Decimal] = {}
+    credit = ZERO
+    for account_id, kind, value in conn.execute(
+        "SELECT account_id, entry_type, -amount FROM ledger_entry "
+        "WHERE payment_id = %s AND entry_type IN ('payment', 'prepayment') ORDER BY id",
+        [payment_id],
+    ):
+        if kind == "prepayment":
+            credit += value
+        else:
+            applied[int(account_id)] = applied.get(int(account_id), ZERO) + value
+    accounts = {int(payer), *applied}
+    if group_id is not None:
+        members = conn.execute("SELECT account_id FROM account_group_member WHERE group_id = %s", [group_id])
+        accounts.update(int(m[0]) for m in members)
+    fees = conn.execute(
+        "SELECT coalesce(sum(amount), 0) FROM ledger_entry "
+        "WHERE entry_type = 'late_fee' AND actor = %s AND posted_at = %s AND account_id = ANY(%s)",
+        [actor, paid_at, sorted(accounts)],
+    ).fetchone()
+    assert fees is not None
+    return PaymentResult(int(payment_id), receipt_no, amount, applied, credit, Decimal(fees[0]), replayed)
+
+
 def lock_accounts(
     conn: psycopg.Connection[Any], account_ids: Sequence[int], as_of: dt.date
 ) -> dict[int, AccountPosition]:
@@ -120,7 +251,9 @@ def pay_locked(
     channel: Channel,
     **payment: object,
 ) -> PaymentResult:
-    """Post late fees, record the payment, allocate it over the accounts' open bills, oldest first."""
+    """Post late fees, record the payment, allocate it over the accounts' open bills, oldest first. Refused
+    (DaySettled) when the actor has settled `paid_on`."""
+    refuse_settled(conn, actor, paid_on)
     fees = sum((post_late_fees(conn, held[i], actor) for i in order), ZERO)
     columns = ["account_id", "channel", "amount", "paid_on", "actor", *payment]
     row = conn.execute(
@@ -167,17 +300,25 @@ def pay(
     bank_reference: str | None = None,
     note: str = "",
     method: PaymentMethod | None = None,
+    idempotency_key: str | None = None,
 ) -> PaymentResult:
-    """A payment for one account, found by account number or card number."""
+    """A payment for one account, found by account number or card number. With an idempotency key, a retry
+    returns the first payment (`replayed`) and books nothing."""
     value = _money(amount)
     _check_method(method)
     if value <= 0:
         raise LedgerError("a payment must be positive")
+    key = _clean_key(idempotency_key)
     paid_on = paid_on or dt.date.today()
     with store.transaction(actor=actor) as conn:
         account_id = find_account(conn, account_no, card_no)
+        request = {"channel": channel, "account_id": account_id, "amount": f"{value:.2f}", "method": method}
+        if key is not None:
+            first = _claim_key(conn, actor, key, request)
+            if first is not None and first[0] is not None:
+                return booked_payment(conn, first[0])
         held = lock_accounts(conn, [account_id], paid_on)
-        return pay_locked(
+        result = pay_locked(
             conn,
             held,
             [account_id],
@@ -191,6 +332,9 @@ def pay(
             note=note,
             method=method,
         )
+        if key is not None:
+            _record_key(conn, actor, key, request, payment_id=result.payment_id)
+        return result
 
 
 def group_members(conn: psycopg.Connection[Any], account_id: int) -> tuple[int | None, list[int]]:
@@ -212,21 +356,36 @@ def pay_related(
     amount: Decimal | str | None = None,
     paid_on: dt.date | None = None,
     method: PaymentMethod | None = None,
+    idempotency_key: str | None = None,
 ) -> PaymentResult:
-    """One payment for every account of `account_no`'s group; default amount: what the group owes."""
+    """One payment for every account of `account_no`'s group; default amount: what the group owes. With an
+    idempotency key, a retry returns the first payment (`replayed`) and books nothing."""
     _check_method(method)
+    asked = None if amount is None else _money(amount)
+    key = _clean_key(idempotency_key)
     paid_on = paid_on or dt.date.today()
     with store.transaction(actor=actor) as conn:
         payer = find_account(conn, account_no)
+        request = {
+            "channel": "group", "account_id": payer, "amount": None if asked is None else f"{asked:.2f}",
+            "method": method,
+        }  # fmt: skip
+        if key is not None:
+            first = _claim_key(conn, actor, key, request)
+            if first is not None and first[0] is not None:
+                return booked_payment(conn, first[0])
         group_id, members = group_members(conn, payer)
         held = lock_accounts(conn, members, paid_on)
         owed = sum((max(held[i].total_due, ZERO) for i in members), ZERO)
-        value = owed if amount is None else _money(amount)
+        value = owed if asked is None else asked
         if value <= 0:
             raise LedgerError(f"nothing to pay for the accounts related to {account_no}")
-        return pay_locked(
+        result = pay_locked(
             conn, held, members, payer, value, actor, paid_on, "group", group_id=group_id, method=method
         )
+        if key is not None:
+            _record_key(conn, actor, key, request, payment_id=result.payment_id)
+        return result
 
 
 def pay_batch(
@@ -236,13 +395,27 @@ def pay_batch(
     account_nos: Sequence[str] | None = None,
     paid_on: dt.date | None = None,
     method: PaymentMethod | None = None,
+    idempotency_key: str | None = None,
 ) -> BatchResult:
-    """批量收费: every account of a community or of a list pays what it owes now; all or nothing."""
+    """批量收费: every account of a community or of a list pays what it owes now; all or nothing. With an
+    idempotency key, a retry returns the first batch (`replayed`) and books nothing; a batch that found
+    nobody owing wrote nothing, its key included."""
     if (community is None) == (account_nos is None):
         raise LedgerError("give a community or a list of account numbers")
     _check_method(method)
+    key = _clean_key(idempotency_key)
     paid_on = paid_on or dt.date.today()
     with store.transaction(actor=actor) as conn:
+        asked: dict[str, object] = (
+            {"community": community}
+            if community is not None
+            else {"account_nos": list(dict.fromkeys(account_nos or []))}
+        )
+        request = {"channel": "batch", "condition": asked, "method": method}
+        if key is not None:
+            first = _claim_key(conn, actor, key, request)
+            if first is not None and first[1] is not None:
+                return booked_batch(conn, first[1])
         if community is not None:
             rows = conn.execute(
                 "SELECT a.id FROM account a JOIN community c ON c.id = a.community_id WHERE c.code = %s "
@@ -277,7 +450,18 @@ def pay_batch(
             )
             for i in owing
         ]
+        if key is not None:
+            _record_key(conn, actor, key, request, batch_id=batch_id)
         return BatchResult(batch_id, results)
+
+
+def booked_batch(conn: psycopg.Connection[Any], batch_id: int) -> BatchResult:
+    """A booked batch as `pay_batch` returned it, its payments in account number order."""
+    rows = conn.execute(
+        "SELECT p.id FROM payment p JOIN account a ON a.id = p.account_id WHERE p.batch_id = %s ORDER BY a.account_no",
+        [batch_id],
+    ).fetchall()
+    return BatchResult(batch_id, [booked_payment(conn, int(r[0])) for r in rows], replayed=True)
 
 
 def reverse_payment(

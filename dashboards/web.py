@@ -278,6 +278,7 @@ NAV: list[NavItem] = [
     NavItem("nav.review", "/review", "readings.view"),
     NavItem("nav.counter", "/counter", "billing.pay"),
     NavItem("nav.bills", "/bills", "billing.view"),
+    NavItem("nav.invoices", "/invoices", "billing.view"),
     NavItem("nav.admin", "/admin", "admin.users"),
     NavItem("nav.oplog", "/oplog", "oplog.view"),
     NavItem("nav.api", "/api", None),

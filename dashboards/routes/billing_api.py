@@ -2,23 +2,25 @@
 reversals, receipts, waivers, bills and bill runs. The same services and checks as the counter and bill pages
 (billing_counter, billing_bills); money and volumes go out as exact decimal strings.
 
-Payments take no `Idempotency-Key`: the payment services have no idempotency key, so a repeated request is
-a second payment (a wrong one is reversed, 冲账).
+Payments take an `Idempotency-Key` header (per user): a retried request with the same key books nothing and
+answers 200 with the first payment (the same receipt); the same key with a different request is refused (409).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from billing.invoices import InvoiceError, issue_invoice
+from billing.invoices import InvoiceError, ensure_invoice
 from billing.ledger import ZERO, AccountPosition, LedgerError, positions
 from billing.payments import (
+    KEY_MAX,
+    IdempotencyConflict,
     PaymentMethod,
     PaymentResult,
     pay,
@@ -62,6 +64,17 @@ router = APIRouter()
 
 TAGS: list[Any] = ["billing"]
 Amount = Annotated[Decimal, Field(gt=0, max_digits=14, decimal_places=2, examples=["120.50"])]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(max_length=KEY_MAX, description="the same key (per user) books once; a retry gets the first payment"),
+]
+
+
+def refuse_payment(exc: LedgerError) -> NoReturn:
+    """A refused payment; an idempotency key reused for a different request is a conflict (409)."""
+    if isinstance(exc, IdempotencyConflict):
+        raise ActionError("idempotency_key_reused", str(exc), 409) from exc
+    refuse(exc)
 
 
 
@@ -208,11 +221,16 @@ def payment_out(
 
 @router.post("/api/v1/payments", tags=TAGS, status_code=201)
 def api_pay(
-    request: Request, body: PaymentIn, user: Annotated[Principal, Depends(require("billing.pay"))]
+    request: Request,
+    response: Response,
+    body: PaymentIn,
+    user: Annotated[Principal, Depends(require("billing.pay"))],
+    idempotency_key: IdempotencyKey = None,
 ) -> PaymentOut:
     """A counter payment for one account (by account or card number), booked today. It pays the oldest bill
-    first, within a bill the late fee before the principal; an excess is credit (预收). Idempotency keys are
-    not supported: a repeated request is a second payment."""
+    first, within a bill the late fee before the principal; an excess is credit (预收). Send an
+    `Idempotency-Key` header to make retries safe: the same key (per user) books once and answers 200 with the
+    first payment and its invoice; the same key with another account, amount or method is refused (409)."""
     if (body.account_no is None) == (body.card_no is None):
         raise ActionError("account", "give account_no or card_no", 422)
     with store_of(request).connection() as conn:
@@ -220,15 +238,17 @@ def api_pay(
     try:
         result = pay(
             store_of(request), body.amount, user.username, account_no=body.account_no, card_no=body.card_no,
-            paid_on=today_of(request), note=body.note, method=body.method,
+            paid_on=today_of(request), note=body.note, method=body.method, idempotency_key=idempotency_key,
         )  # fmt: skip
     except LedgerError as exc:
-        refuse(exc)
+        refuse_payment(exc)
     note_object(request, "payment", result.payment_id)
+    if result.replayed:
+        response.status_code = 200
     invoice_no = invoice_error = None
     if body.issue_invoice:
         try:
-            invoice_no = issue_invoice(store_of(request), result.payment_id, user.username).invoice_no
+            invoice_no = ensure_invoice(store_of(request), result.payment_id, user.username).invoice_no
         except InvoiceError as exc:
             invoice_error = str(exc)
     return payment_out(request, result, invoice_no, invoice_error)
@@ -243,19 +263,27 @@ class RelatedPaymentIn(BaseModel):
 
 @router.post("/api/v1/payments/related", tags=TAGS, status_code=201)
 def api_pay_related(
-    request: Request, body: RelatedPaymentIn, user: Annotated[Principal, Depends(require("billing.pay"))]
+    request: Request,
+    response: Response,
+    body: RelatedPaymentIn,
+    user: Annotated[Principal, Depends(require("billing.pay"))],
+    idempotency_key: IdempotencyKey = None,
 ) -> PaymentOut:
-    """One payment for every account related to `account_no` (关联用户), oldest bill first across them."""
+    """One payment for every account related to `account_no` (关联用户), oldest bill first across them. A
+    repeated `Idempotency-Key` answers 200 with the first payment."""
     with store_of(request).connection() as conn:
         info = account_for(conn, user, body.account_no)
         members_in_areas(conn, user, info.id)
     try:
         result = pay_related(
-            store_of(request), info.account_no, user.username, body.amount, today_of(request), body.method
-        )
+            store_of(request), info.account_no, user.username, body.amount, today_of(request), body.method,
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
     except LedgerError as exc:
-        refuse(exc)
+        refuse_payment(exc)
     note_object(request, "payment", result.payment_id)
+    if result.replayed:
+        response.status_code = 200
     return payment_out(request, result)
 
 
@@ -275,10 +303,15 @@ class BatchOut(BaseModel):
 
 @router.post("/api/v1/payments/batch", tags=TAGS, status_code=201)
 def api_pay_batch(
-    request: Request, body: BatchIn, user: Annotated[Principal, Depends(require("billing.pay"))]
+    request: Request,
+    response: Response,
+    body: BatchIn,
+    user: Annotated[Principal, Depends(require("billing.pay"))],
+    idempotency_key: IdempotencyKey = None,
 ) -> BatchOut:
     """批量收费: every account of a community or of a list pays what it owes now, one payment each; all or
-    nothing (an unknown account number refuses the whole batch)."""
+    nothing (an unknown account number refuses the whole batch). A repeated `Idempotency-Key` answers 200 with
+    the first batch."""
     if (body.community is None) == (body.account_nos is None):
         raise ActionError("batch", "give community or account_nos", 422)
     with store_of(request).connection() as conn:
@@ -286,12 +319,14 @@ def api_pay_batch(
     try:
         result = pay_batch(
             store_of(request), user.username, community=body.community, account_nos=body.account_nos,
-            paid_on=today_of(request), method=body.method,
+            paid_on=today_of(request), method=body.method, idempotency_key=idempotency_key,
         )  # fmt: skip
     except LedgerError as exc:
-        refuse(exc)
+        refuse_payment(exc)
     if result.batch_id is not None:
         note_object(request, "payment_batch", result.batch_id)
+    if result.replayed:
+        response.status_code = 200
     payments = [payment_out(request, p) for p in result.payments]
     return BatchOut(batch_id=result.batch_id, accounts=len(payments), amount=money(result.amount), payments=payments)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import uuid
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal, NoReturn
@@ -27,6 +28,7 @@ from psycopg.rows import dict_row
 from billing.invoices import InvoiceError, issue_invoice, stock
 from billing.ledger import ZERO, AccountPosition, LedgerError, positions
 from billing.payments import (
+    KEY_MAX,
     PAYMENT_METHODS,
     PaymentMethod,
     PaymentResult,
@@ -351,6 +353,7 @@ def counter_page(
         group_default=money(group_due) if group_due > 0 else "",
         payments=payments,
         methods=PAYMENT_METHODS,
+        idempotency_key=uuid.uuid4().hex,  # one per rendered form: a double click books once
         invoice_stock=holds_invoice_stock(request, user),
         lookup={"card_no": info.card_no} if (card_no or "").strip() and not account_no else {},
         today=today,
@@ -386,6 +389,7 @@ def take_payment(
     method: Annotated[str, Form()] = "cash",
     note: Annotated[str, Form(max_length=500)] = "",
     invoice: Annotated[str, Form()] = "",
+    idempotency_key: Annotated[str, Form(max_length=KEY_MAX)] = "",
 ) -> Response:
     value, how = parse_amount(amount), parse_method(method)
     with store_of(request).connection() as conn:
@@ -395,12 +399,12 @@ def take_payment(
         result = pay(
             store_of(request), value, user.username,
             account_no=None if by_card else info.account_no, card_no=info.card_no if by_card else None,
-            paid_on=today_of(request), note=note.strip(), method=how,
+            paid_on=today_of(request), note=note.strip(), method=how, idempotency_key=idempotency_key or None,
         )  # fmt: skip
     except LedgerError as exc:
         refuse(exc)
     note_object(request, "payment", result.payment_id)
-    problem = _with_invoice(request, user, result) if invoice else None
+    problem = _with_invoice(request, user, result) if invoice and not result.replayed else None
     return redirect(_receipt_url(result.receipt_no, **({"invoice_error": problem} if problem else {"done": "paid"})))
 
 
@@ -411,6 +415,7 @@ def take_related_payment(
     account_no: Annotated[str, Form(max_length=64)],
     amount: Annotated[str, Form(max_length=30)] = "",
     method: Annotated[str, Form()] = "cash",
+    idempotency_key: Annotated[str, Form(max_length=KEY_MAX)] = "",
 ) -> Response:
     value = parse_amount(amount) if amount.strip() else None
     how = parse_method(method)
@@ -418,7 +423,10 @@ def take_related_payment(
         info = account_for(conn, user, account_no)
         members_in_areas(conn, user, info.id)
     try:
-        result = pay_related(store_of(request), info.account_no, user.username, value, today_of(request), how)
+        result = pay_related(
+            store_of(request), info.account_no, user.username, value, today_of(request), how,
+            idempotency_key=idempotency_key or None,
+        )  # fmt: skip
     except LedgerError as exc:
         refuse(exc)
     note_object(request, "payment", result.payment_id)

@@ -13,7 +13,7 @@ from billing.invoices import (
     stock,
     void_invoice,
 )
-from billing.payments import PermissionDenied, pay, reverse_payment
+from billing.payments import DaySettled, PermissionDenied, pay, reverse_payment
 from meterhub.store import Store
 from tests.billing.ledger_helpers import D, billed, day
 from tests.billing.store_helpers import count
@@ -157,18 +157,21 @@ def test_reconciliation_checks_settled_days_against_the_ledger(store: Store) -> 
     dropped = issue_invoice(store, kept.payment_id, "clerk")
     void_invoice(store, dropped.invoice_no, "clerk", "printer jam", voided_on=messy)  # not issued again
     settle_day(store, "clerk", messy, "boss")
-    pay(store, "1.00", "clerk", account_no="1001", paid_on=messy)  # booked after the day was settled
-    results = reconcile(store, "auditor", clean, messy)
+    with pytest.raises(DaySettled, match="no more payments that day"):  # the day is closed to payments
+        pay(store, "1.00", "clerk", account_no="1001", paid_on=messy)
+    pay(store, "1.00", "anna", account_no="1001", paid_on=messy)  # anna has not settled
+    reverse_payment(store, first.payment_id, "boss", "wrong account", reversed_on=messy)  # booked after settling
+    results = reconcile(store, "auditor", clean, messy, cashier="clerk")
     assert [(r.day, r.clean, r.ledger_amount, r.invoice_amount) for r in results] == [
         (clean, True, D("30.00"), D("30.00")),
-        (messy, False, D("36.00"), D("0.00")),
+        (messy, False, D("5.00"), D("0.00")),
     ]
-    assert [(d.kind, d.payment_id, d.actual, d.expected) for d in results[1].differences] == [
-        ("payment", uninvoiced.payment_id, D("15.00"), D("0.00")),
-        ("payment", kept.payment_id, D("20.00"), D("0.00")),
-        ("payment", kept.payment_id + 1, D("1.00"), D("0.00")),
-        ("settlement", None, D("3"), D("2")),
-        ("settlement", None, D("36.00"), D("35.00")),
+    assert [(d.kind, d.payment_id, d.actual, d.expected, d.item) for d in results[1].differences] == [
+        ("payment", first.payment_id, D("-30.00"), D("0.00"), ""),
+        ("payment", uninvoiced.payment_id, D("15.00"), D("0.00"), ""),
+        ("payment", kept.payment_id, D("20.00"), D("0.00"), ""),
+        ("settlement", None, D("1"), D("0"), "reversals"),
+        ("settlement", None, D("30.00"), D("0.00"), "reversal_amount"),
     ]
     with store.connection() as conn:
         marks = conn.execute("SELECT day, reconciled_by FROM cashier_settlement ORDER BY day").fetchall()
