@@ -11,6 +11,9 @@
   error (CSP violations included), an uncaught script error, a failed resource or a server error turns
   it into an error. At the end of every test, passed or failed, each page's full-page screenshot goes to
   test-artifacts/screenshots/<test name>.png (further pages: <test name>--page2.png, …).
+- `field_collector(meters=1, valve_travel_s=0)` starts the collector with its command dispatcher on the
+  session's store and simulated meters answering on the MQTT broker (fixture `mqtt_broker`); both stop at
+  the end of the test (see helpers.FieldCollector).
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from meterhub.broker import BrokerAddress
 from meterhub.settings import load_settings
 from meterhub.store import Store
 from tests.conftest import _unavailable
 from tests.dashboards.conftest import ROLES, add_user, reset_access
-from tests.e2e.helpers import TIMEOUT_MS, activity, current_test_name, screenshot_path, watch
+from tests.e2e.helpers import TIMEOUT_MS, FieldCollector, activity, current_test_name, screenshot_path, watch
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser")
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
@@ -181,3 +185,17 @@ def new_page(request: pytest.FixtureRequest, browser: Any, base_url: str) -> Ite
 def page(new_page: Callable[..., Any]) -> Any:
     """A watched page in a fresh English browser context."""
     return new_page()
+
+
+@pytest.fixture
+def field_collector(store: Store, mqtt_broker: BrokerAddress) -> Iterator[Callable[..., FieldCollector]]:
+    """field_collector(meters=1, valve_travel_s=0.0) -> a running collector and its simulated meters."""
+    started: list[FieldCollector] = []
+
+    def start(meters: int = 1, valve_travel_s: float = 0.0) -> FieldCollector:
+        started.append(FieldCollector(store, mqtt_broker, meters, valve_travel_s))
+        return started[-1]
+
+    yield start
+    for running in started:
+        running.close()
