@@ -93,6 +93,7 @@ def test_an_engineer_closes_a_valve_and_watches_the_meter_confirm(
     expect(page.locator("#command-state")).to_have_attribute("data-final", "")
     expect(page.locator("#command-state")).to_contain_text("The command has ended.")
     expect(page.locator("#command-state dl.reply")).to_contain_text("closed")
+    expect(page.locator("#command-valve")).to_have_text("closed", timeout=10_000)  # the facts follow too
     states = page.evaluate("window.e2eStates")
     assert states[0] == first and states[-1] == "confirmed", states
     assert page.evaluate("window.e2ePageId") == page_id  # the same document: nobody reloaded it
