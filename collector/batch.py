@@ -145,7 +145,8 @@ def gather_batches(
     max_age_s: float,
 ) -> None:
     """Fill batches from `inbox` with `add` and hand each to `emit` once it holds `max_rows` rows or its
-    first message is `max_age_s` old; on None, emit what is left and return."""
+    first message is `max_age_s` old; on None, emit what is left and return. An item that is a list is
+    that many messages, handed over at once (each still added, and redone if need be, on its own)."""
     batch = Batch()
     while True:
         wait = max(0.0, batch.started + max_age_s - time.monotonic()) if batch.messages else 0.5
@@ -160,8 +161,9 @@ def gather_batches(
         if item is not False:
             if not batch.messages:
                 batch.started = time.monotonic()
-            batch.originals.append(item)
-            add(item, batch)
+            for one in item if isinstance(item, list) else (item,):
+                batch.originals.append(one)
+                add(one, batch)
         if batch.messages and (batch.rows >= max_rows or time.monotonic() - batch.started >= max_age_s):
             emit(batch)
             batch = Batch()

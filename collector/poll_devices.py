@@ -79,24 +79,34 @@ class ModbusReader:
         self.silence_s = silence_s  # RTU lines: quiet time between a response and the next request
 
     async def poll(self, target: Target) -> PollResult:
-        assert target.modbus is not None
+        driver = target.modbus
+        assert driver is not None
         result = PollResult()
         unit = int(target.address)
-        responses: list[tuple[ReadBlock, list[int] | list[bool]]] = []
-        for block in target.modbus.blocks:
-            data = await self._read(block, unit, result)
-            if data is None:
-                return result
-            responses.append((block, data))
+        datas: list[list[int] | list[bool]] = []
+        blocks = driver.blocks
+        at_once = 1 if self.link.rtu else driver.profile.max_in_flight
+        if at_once > 1 and len(blocks) > 1:  # the device takes several requests at once: pipeline its blocks
+            for start in range(0, len(blocks), at_once):
+                chunk = blocks[start : start + at_once]
+                found = await asyncio.gather(*(self._read(block, unit, result) for block in chunk))
+                if any(data is None for data in found):
+                    return result
+                datas.extend(data for data in found if data is not None)
+        else:
+            for block in blocks:
+                data = await self._read(block, unit, result)
+                if data is None:
+                    return result
+                datas.append(data)
         received_at = _now()
         result.answered = True
+        raw = driver.decoder.raw(datas)
         try:
-            decoded = decode_blocks(target.modbus.profile, responses, target.meter_no, received_at)
+            decoded = driver.decoder.decode(datas, target.meter_no, received_at)
         except DecodeError as exc:
-            raw = b"".join(_words_bytes(block, data) for block, data in responses)
             result.frames.append(Frame(raw, received_at, None, exc.reason, exc.message))
             return result
-        raw = b"".join(_words_bytes(block, data) for block, data in responses)
         result.frames.append(Frame(raw, received_at, decoded))
         return result
 
@@ -105,10 +115,10 @@ class ModbusReader:
             if self.silence_s:
                 await asyncio.sleep(self.silence_s)
             try:
-                return await self.link.read(block.function_code, block.address, block.count, unit)
+                return await self.link.read(block.function_code, block.address, block.count, unit, block.words)
             except DeviceException as exc:
                 result.answered = True
-                result.reject(self.link.last_received, "modbus_exception", f"{block}: {exc}")
+                result.reject(exc.raw, "modbus_exception", f"{block}: {exc}")
                 result.error = str(exc)
                 return None
             except LinkError as exc:
@@ -116,8 +126,9 @@ class ModbusReader:
                 if attempt == self.retries:
                     return None
             finally:
-                for bad in self.link.take_rejected():  # e.g. a bad CRC: the attempt failed, the frame is kept
-                    result.reject(bad.raw, bad.reason, f"{block}: {bad.detail}")
+                if self.link.rejected:  # e.g. a bad CRC: the attempt failed, the frame is kept
+                    for bad in self.link.take_rejected():
+                        result.reject(bad.raw, bad.reason, f"{block}: {bad.detail}")
         return None
 
     async def write(self, unit: int, request: WriteRequest, result: PollResult) -> bool | None:
@@ -167,8 +178,8 @@ def _words_bytes(block: ReadBlock, data: list[int] | list[bool]) -> bytes:
     """Register words as sent on the wire (big-endian), bits one per byte, after the block header."""
     head = struct.pack(">BHH", block.function_code, block.address, block.count)
     if block.function.is_bit:
-        return head + bytes(int(bool(b)) for b in data)
-    return head + b"".join(int(w).to_bytes(2, "big") for w in data)
+        return head + bytes(map(bool, data))
+    return head + struct.pack(f">{len(data)}H", *data)
 
 
 # --- CJ/T 188 ----------------------------------------------------------------------------------

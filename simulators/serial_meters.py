@@ -5,7 +5,11 @@ end, answers for the meters it hosts, and injects faults: no answer, late answer
 garbage bytes, partial frames. With `baudrate` set it emulates wire time: a request occupies the
 line for its bytes × bits per character / baud before the meter can see it, and an answer takes as
 long to come out. A CJ/T 188 bus can emulate a vendor's dialect with the driver's `Workarounds`
-(DI byte order, clock order, status bit order, UTC offset, preamble of its answers).
+(DI byte order, clock order, status bit order, UTC offset, preamble of its answers); a meter's clock
+can run off by `clock_offset`.
+
+`SerialGateway` puts such a line behind a TCP port, as a serial-to-Ethernet converter in transparent
+mode does: the collector connects to the port and its bytes go to the line unchanged, and back.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import contextlib
 import os
 import random
 import select
+import socket
 import struct
 import threading
 import time
@@ -144,6 +149,8 @@ class Cjt188Meter:
     history_m3: list[Decimal] = field(default_factory=lambda: [Decimal("95.00") - 5 * i for i in range(12)])
     faults: Faults = field(default_factory=Faults)
     flow_m3h: Decimal = Decimal(0)  # gas use while open, per real hour
+    clock_offset: timedelta = timedelta(0)  # the meter's clock runs this far ahead (behind when negative)
+    clocks_sent: deque[datetime] = field(default_factory=lambda: deque(maxlen=1000))  # of the last 901F answers
     _last: float = field(default_factory=time.monotonic)
 
     def status(self, dialect: Workarounds | None = None) -> bytes:
@@ -163,7 +170,8 @@ class Cjt188Meter:
         self.advance()
         dialect = dialect or Workarounds(clock_utc_offset=CHINA)
         if di == cjt188.DI_METERING:
-            t = now.astimezone(dialect.clock_utc_offset)
+            t = (now + self.clock_offset).astimezone(dialect.clock_utc_offset).replace(microsecond=0)
+            self.clocks_sent.append(t)
             fields = (t.second, t.minute, t.hour, t.day, t.month, t.year % 100, t.year // 100)
             clock = b"".join(int_to_bcd(v, 1) for v in fields)
             if dialect.clock_order == "cc_first":
@@ -342,3 +350,86 @@ class MbusSegment(PtyLine):
                 meter._index = (meter._index + 1) % meter.telegrams  # the last answer arrived: next telegram
             meter._last_fcb = fcb
             self.send(meter.telegram(frame.address), fault, meter.faults.late_s)
+
+
+# --- a serial-to-Ethernet gateway ----------------------------------------------------------------
+
+
+class SerialGateway:
+    """A TCP port in front of a serial line (transparent mode): one client at a time, bytes relayed both ways.
+
+    A new connection replaces the old one, as on most converters. `drop_client()` closes the current one
+    (the gateway restarting); the collector is expected to connect again.
+    """
+
+    def __init__(self, device: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.device = device
+        self._listener = socket.create_server((host, port))
+        self.host, self.port = host, self._listener.getsockname()[1]
+        self._listener.setblocking(False)
+        self._line = os.open(device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        self._client: socket.socket | None = None
+        self.connections = 0
+        self._drop = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name=f"gateway-{self.port}", daemon=True)
+
+    def start(self) -> SerialGateway:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._close_client()
+        for close in (self._listener.close, lambda: os.close(self._line)):
+            with contextlib.suppress(OSError):
+                close()
+
+    def drop_client(self) -> None:
+        self._drop.set()
+
+    def _close_client(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(OSError):
+                self._client.close()
+            self._client = None
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            if self._drop.is_set():
+                self._drop.clear()
+                self._close_client()
+            watched: list[socket.socket | int] = [self._listener, self._line]
+            if self._client is not None:
+                watched.append(self._client)
+            ready, _, _ = select.select(watched, [], [], 0.05)
+            if self._listener in ready:
+                with contextlib.suppress(BlockingIOError):
+                    client, _ = self._listener.accept()
+                    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    self._close_client()
+                    self._client = client
+                    self.connections += 1
+            if self._line in ready:
+                try:
+                    data = os.read(self._line, 4096)
+                except (BlockingIOError, OSError):
+                    data = b""
+                if data and self._client is not None:  # nobody connected: the bytes are lost, as on the wire
+                    with contextlib.suppress(OSError):
+                        self._client.sendall(data)
+            if self._client is not None and self._client in ready:
+                try:
+                    data = self._client.recv(4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    self._close_client()
+                    continue
+                view = memoryview(data)
+                while view:
+                    try:
+                        view = view[os.write(self._line, view) :]
+                    except BlockingIOError:
+                        time.sleep(0.001)

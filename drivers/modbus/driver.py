@@ -27,6 +27,7 @@ class ModbusDriver:
             if profile.valve.write.arm is not None:
                 self.capabilities |= Capability.VALVE_ARM
         self.blocks = codec.plan_reads(profile)
+        self.decoder = codec.BlockDecoder(profile, self.blocks)  # decode_blocks for these blocks, precompiled
 
     def decode(self, uplink: Uplink) -> Decoded:
         """Polled registers carry no address, so they are decoded with decode_blocks, not here."""

@@ -22,6 +22,7 @@ from drivers.base import EventKind, ValveState
 MAX_READ_REGISTERS = 125  # Modbus limit for function codes 03/04
 MAX_READ_BITS = 2000  # Modbus limit for function codes 01/02
 DEFAULT_MAX_GAP = 8
+MAX_IN_FLIGHT = 16
 
 
 class Function(StrEnum):
@@ -32,11 +33,14 @@ class Function(StrEnum):
 
     @property
     def read_code(self) -> int:
-        return {"coil": 1, "discrete": 2, "holding": 3, "input": 4}[self.value]
+        return _READ_CODES[self]
 
     @property
     def is_bit(self) -> bool:
         return self in (Function.COIL, Function.DISCRETE)
+
+
+_READ_CODES = {Function.COIL: 1, Function.DISCRETE: 2, Function.HOLDING: 3, Function.INPUT: 4}
 
 
 class ValueType(StrEnum):
@@ -173,6 +177,7 @@ class Profile:
     max_registers: int = MAX_READ_REGISTERS
     max_bits: int = MAX_READ_BITS
     write_multiple: bool = False  # [workarounds]: write single registers with FC 16 (device lacks FC 06)
+    max_in_flight: int = 1  # Modbus TCP requests the device takes at once: a poll's blocks are read that many at a time
 
     def point(self, channel: str) -> Point:
         for candidate in self.points:
@@ -218,7 +223,7 @@ def loads_profile(text: str, source: str = "<profile>") -> Profile:
 
 _DEVICE_KEYS = {
     "name", "description", "vendor", "model", "function", "address_base", "byte_address",
-    "word_order", "byte_order", "max_gap", "max_registers", "max_bits",
+    "word_order", "byte_order", "max_gap", "max_registers", "max_bits", "max_in_flight",
 }  # fmt: skip
 _ENCODING_KEYS = {
     "type", "word_order", "byte_order", "registers", "decimals",
@@ -325,6 +330,7 @@ class _Loader:
             ),
             max_bits=self.integer(device.get("max_bits", MAX_READ_BITS), "device.max_bits", 1, MAX_READ_BITS),
             write_multiple=write_multiple,
+            max_in_flight=self.integer(device.get("max_in_flight", 1), "device.max_in_flight", 1, MAX_IN_FLIGHT),
         )
 
     def address(self, raw: dict[str, Any], key: str) -> int:

@@ -145,8 +145,11 @@ class TcpSerialLine(SerialLine):
 
     async def _read_loop(self) -> None:
         while True:
-            data = await self._reader.read(4096)
-            if not data:
+            try:
+                data = await self._reader.read(4096)
+            except OSError:  # reset by the gateway
+                data = b""
+            if not data:  # the gateway closed the connection (restart, another client): connect again on send
                 self.close()
                 return
             self._last_activity = time.monotonic()

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from collector.poll import Poller
 from collector.poll_plan import build_plan
 from meterhub.poller_settings import PollerSettings
 from meterhub.store import Store
 from tests.meterhub.factories import make_meter
+
+
+def require_tool(name: str) -> str:
+    """The path of a command-line tool; skips the test without it (fails with METERHUB_REQUIRE_SERVICES=1, as in CI)."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (apt-get install {name})"
+        if os.environ.get("METERHUB_REQUIRE_SERVICES") == "1":
+            pytest.fail(message + " and METERHUB_REQUIRE_SERVICES=1", pytrace=False)
+        pytest.skip(message)
+    return path
 
 
 def free_port() -> int:

@@ -8,12 +8,13 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from drivers.modbus.profile import shipped_profiles
+from drivers.modbus.profile import load_profile, shipped_profiles
 from drivers.transports.modbus import ModbusLink
 from meterhub.store import Store
 from simulators.modbus_slave import ModbusSlave, SimulatedDevice
@@ -33,12 +34,13 @@ from tests.collector.poll_helpers import (
 PROFILES = shipped_profiles()
 
 
-@pytest.fixture
-def plant() -> Iterator[tuple[int, list[SimulatedDevice]]]:
-    """One simulated device per shipped profile behind one Modbus TCP endpoint, unit ids 1…n."""
+@pytest.fixture(params=["pymodbus", "lean"])
+def plant(request: pytest.FixtureRequest) -> Iterator[tuple[int, list[SimulatedDevice]]]:
+    """One simulated device per shipped profile behind one Modbus TCP endpoint, unit ids 1…n: pymodbus'
+    server (an implementation not ours) and the simulators' lean one (what the benchmark polls)."""
     devices = [SimulatedDevice.shipped(name, unit=i + 1, seed=i, speed=0) for i, name in enumerate(PROFILES)]
     port = free_port()
-    slave = ModbusSlave(devices, port=port).start()
+    slave = ModbusSlave(devices, port=port, server=request.param).start()
     yield port, devices
     slave.stop()
 
@@ -184,3 +186,85 @@ def test_reads_a_slave_that_is_not_ours(store: Store) -> None:
         thread.join(5)
     assert latest(store, meter) == {"volume_m3": Decimal("123.456"), "battery_v": Decimal("3.412")}
     assert meter_valve(store, meter) == ("closed", "closed")
+
+
+def test_an_exception_answer_is_dead_lettered_and_the_device_stays_online(store: Store) -> None:
+    """A device that refuses a read (exception 06, busy): the answer is kept byte for byte, the poll counts as
+    answered (the device is there), and the next poll is stored."""
+    device = SimulatedDevice.shipped("generic_residential", unit=5, speed=0, refuse_reads=2)
+    port = free_port()
+    slave = ModbusSlave([device], port=port).start()
+    [meter] = add_meters(store, 1, "modbus")
+    settings = poller_settings(
+        [{"name": "gw", "protocol": "modbus", "host": "127.0.0.1", "port": port}],
+        [{"meter_no": meter, "bus": "gw", "address": "5", "profile": "generic_residential"}],
+        interval_s=0.2,
+        retries=2,  # an exception answer is not retried: the device answered
+        offline_after=1,
+    )
+    try:
+        with running_poller(store, settings) as poller:
+            wait_until(lambda: readings_count(store, meter) >= 1, 15, "a reading after the refusals")
+            wait_until(lambda: len(rejected(store)) >= 2, 5, "both refusals dead-lettered")
+    finally:
+        slave.stop()
+    refusals = rejected(store)
+    assert [reason for reason, _, _ in refusals] == ["modbus_exception", "modbus_exception"]
+    for _, raw, source in refusals:
+        assert raw[6:] == bytes([5, 0x83, 0x06]), "MBAP header, unit 5, exception 06 to function 03"
+        assert source == f"modbus:127.0.0.1:{port}/5"
+    assert device.refuse_reads == 0
+    assert not events(store, "offline")
+    assert poller.stats["polls_failed"] == 0
+    assert latest(store, meter)["volume_m3"] == device.values["volume_m3"]
+
+
+PIPELINED = """
+[device]
+name = "three blocks"
+function = "holding"
+max_gap = 0
+max_in_flight = {in_flight}
+
+[[points]]
+channel = "volume_m3"
+address = 0
+type = "uint32"
+scale = "0.001"
+
+[[points]]
+channel = "pressure_bar"
+address = 100
+type = "uint16"
+scale = "0.001"
+
+[[points]]
+channel = "temperature_c"
+address = 200
+type = "int16"
+scale = "0.01"
+"""
+
+
+@pytest.mark.parametrize("in_flight", [1, 3])
+def test_a_profile_that_allows_it_has_its_blocks_read_in_flight_together(
+    store: Store, tmp_path: Path, in_flight: int
+) -> None:
+    path = tmp_path / "pipelined.toml"
+    path.write_text(PIPELINED.format(in_flight=in_flight))
+    device = SimulatedDevice(load_profile(str(path)), unit=2, speed=0, delay_s=0.1)  # answers come late
+    port = free_port()
+    slave = ModbusSlave([device], port=port, server="lean").start()
+    [meter] = add_meters(store, 1, "modbus")
+    settings = poller_settings(
+        [{"name": "tcp", "protocol": "modbus", "host": "127.0.0.1", "port": port}],
+        [{"meter_no": meter, "bus": "tcp", "address": "2", "profile": str(path)}],
+        interval_s=0.2,
+    )
+    try:
+        with running_poller(store, settings):
+            wait_until(lambda: readings_count(store, meter) >= 2, 15, "two polls")
+    finally:
+        slave.stop()
+    assert slave._server.max_in_flight == in_flight  # one block per request, all of a poll's at once when allowed
+    assert latest(store, meter) == {channel: device.values[channel] for channel in device.values}
