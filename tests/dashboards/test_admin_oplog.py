@@ -78,8 +78,9 @@ def test_engineer_limited_to_areas_via_admin(signed_in: Callable[[str], ConsoleC
         conn.execute("INSERT INTO area (code, name) VALUES ('N', 'North'), ('S', 'South')")
         conn.execute("INSERT INTO area (code, name, parent_id) SELECT 'N1', 'North 1', id FROM area WHERE code = 'N'")
     admin = signed_in("admin")
-    response = admin.post("/admin/users/engineer", {"role": "engineer", "display_name": "Eng", "active": "true",
-                                                    "areas": ["N"]})
+    response = admin.post(
+        "/admin/users/engineer", {"role": "engineer", "display_name": "Eng", "active": "true", "areas": ["N"]}
+    )
     assert response.status_code == 303
     engineer = signed_in("engineer")
     me = engineer.http.get("/api/v1/me").json()
@@ -92,16 +93,24 @@ def test_api_manages_users_with_a_token(signed_in: Callable[[str], ConsoleClient
     admin = signed_in("admin")
     token = admin.post("/me/tokens", {"name": "hr-sync"}).text.split('id="new-token">')[1].split("<")[0]
     headers = {"Authorization": f"Bearer {token}"}
-    created = admin.http.post("/api/v1/admin/users", headers=headers, json={
-        "username": "zhao", "role": "meter_reader", "password": "reader-pass-1"})
+    created = admin.http.post(
+        "/api/v1/admin/users",
+        headers=headers,
+        json={"username": "zhao", "role": "meter_reader", "password": "reader-pass-1"},
+    )
     assert created.status_code == 201 and created.json()["role"] == "meter_reader"
     patched = admin.http.patch("/api/v1/admin/users/zhao", headers=headers, json={"active": False})
     assert patched.json()["active"] is False
-    bad = admin.http.post("/api/v1/admin/users", headers=headers, json={
-        "username": "x", "role": "no_such_role", "password": "long-enough"})
+    bad = admin.http.post(
+        "/api/v1/admin/users",
+        headers=headers,
+        json={"username": "x", "role": "no_such_role", "password": "long-enough"},
+    )
     assert bad.status_code == 400 and bad.json()["error"] == "unknown_role"
     assert [e[1] for e in _log(store, object_type="staff_user", object_id="zhao")] == [
-        "admin.api_create_user", "admin.api_update_user"]
+        "admin.api_create_user",
+        "admin.api_update_user",
+    ]
 
 
 def test_operation_log_is_searchable_and_tampering_is_detected(

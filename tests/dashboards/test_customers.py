@@ -60,9 +60,11 @@ def snapshot(store: Store) -> tuple[Any, ...]:
 
 
 def found(page_text: str) -> list[str]:
-    return re.findall(r'href="/customers/accounts/([^"?/]+)"', page_text.split('id="results"')[1]) if (
-        'id="results"' in page_text
-    ) else []
+    return (
+        re.findall(r'href="/customers/accounts/([^"?/]+)"', page_text.split('id="results"')[1])
+        if ('id="results"' in page_text)
+        else []
+    )
 
 
 # -- search ---------------------------------------------------------------------------------------------
@@ -153,8 +155,13 @@ def test_open_an_account_for_an_existing_customer_by_api(
     client = signed_in("billing_clerk")
     response = client.http.post(
         "/api/v1/accounts",
-        json={"customer_no": "CU1", "account_no": "AC1-B", "community": "C1", "usage_type": "COM",
-              "address": "幸福路 1 号底商"},
+        json={
+            "customer_no": "CU1",
+            "account_no": "AC1-B",
+            "community": "C1",
+            "usage_type": "COM",
+            "address": "幸福路 1 号底商",
+        },
         headers={"X-CSRF-Token": client.csrf},
     )
     assert response.status_code == 201, response.text
@@ -174,8 +181,15 @@ def test_refused_opening_reports_the_field_and_writes_nothing(
     before = snapshot(store)
     page = client.post(
         "/customers/new",
-        {"customer_mode": "existing", "customer_no": "CU1", "account_no": "AC2", "community": "C1",
-         "usage_type": "RES", "billing_mode": "postpaid", "opened_on": "2024-06-01"},
+        {
+            "customer_mode": "existing",
+            "customer_no": "CU1",
+            "account_no": "AC2",
+            "community": "C1",
+            "usage_type": "RES",
+            "billing_mode": "postpaid",
+            "opened_on": "2024-06-01",
+        },
     )
     assert page.status_code == 409
     assert "Account number: AC2 is already in use." in page.text
@@ -183,8 +197,15 @@ def test_refused_opening_reports_the_field_and_writes_nothing(
     assert re.search(r'<label class="invalid">Account number', page.text)
     page = client.post(
         "/customers/new",
-        {"customer_mode": "new", "name": "王五", "household_size": "0", "community": "C1", "usage_type": "RES",
-         "billing_mode": "postpaid", "opened_on": "2024-06-01"},
+        {
+            "customer_mode": "new",
+            "name": "王五",
+            "household_size": "0",
+            "community": "C1",
+            "usage_type": "RES",
+            "billing_mode": "postpaid",
+            "opened_on": "2024-06-01",
+        },
     )
     assert page.status_code == 422 and "Household size: a whole number from 1 to 99." in page.text
     api = client.http.post(
@@ -195,12 +216,14 @@ def test_refused_opening_reports_the_field_and_writes_nothing(
     assert api.status_code == 422 and api.json()["error"] == "bad_id_check"
     assert api.json()["detail"].startswith("id_number:")
     api = client.http.post(
-        "/api/v1/accounts", json={"customer_no": "CU1", "usage_type": "RES", "card_no": "IC0002"},
+        "/api/v1/accounts",
+        json={"customer_no": "CU1", "usage_type": "RES", "card_no": "IC0002"},
         headers={"X-CSRF-Token": client.csrf},
     )
     assert api.status_code == 409 and api.json()["detail"].startswith("card_no:")
     api = client.http.post(
-        "/api/v1/accounts", json={"customer_no": "CU1", "usage_type": "RES", "billing_mode": "free gas"},
+        "/api/v1/accounts",
+        json={"customer_no": "CU1", "usage_type": "RES", "billing_mode": "free gas"},
         headers={"X-CSRF-Token": client.csrf},
     )
     assert api.status_code == 422 and api.json()["detail"][0]["field"] == "billing_mode"
@@ -226,15 +249,19 @@ def test_account_page_shows_facts_meters_balance_and_links(
 
 
 @pytest.mark.parametrize("lang", ["zh", "en"])
-def test_every_page_is_translated(
-    signed_in: Callable[[str], ConsoleClient], data: dict[str, Any], lang: str
-) -> None:
+def test_every_page_is_translated(signed_in: Callable[[str], ConsoleClient], data: dict[str, Any], lang: str) -> None:
     client = signed_in("admin")
     client.post("/lang", {"lang": lang, "next": "/"})
     client.post("/customers/accounts/AC1/rename", {"name": "张三丰", "reason": "更名"})
-    for url in ("/customers?q=张", "/customers/new", "/customers/accounts/AC1", "/customers/accounts/AC1/edit",
-                "/customers/accounts/AC1/transfer", "/customers/accounts/AC1/rename",
-                "/customers/accounts/AC1/usage-type"):
+    for url in (
+        "/customers?q=张",
+        "/customers/new",
+        "/customers/accounts/AC1",
+        "/customers/accounts/AC1/edit",
+        "/customers/accounts/AC1/transfer",
+        "/customers/accounts/AC1/rename",
+        "/customers/accounts/AC1/usage-type",
+    ):
         page = client.get(url)
         assert page.status_code == 200, url
         assert "customers." not in page.text, url
@@ -252,8 +279,14 @@ def test_transfer_and_rename_appear_in_the_history_with_the_person(
     clerk = signed_in("billing_clerk")
     response = clerk.post(
         "/customers/accounts/AC1/transfer",
-        {"customer_mode": "new", "name": "赵六", "kind": "person", "phone": "13600000000", "household_size": "2",
-         "reason": "房屋买卖"},
+        {
+            "customer_mode": "new",
+            "name": "赵六",
+            "kind": "person",
+            "phone": "13600000000",
+            "household_size": "2",
+            "reason": "房屋买卖",
+        },
     )
     assert response.status_code == 303
     assert response.headers["location"] == "/customers/accounts/AC1?done=transfer"
@@ -286,16 +319,17 @@ def test_transfer_rename_and_edit_by_api(
 ) -> None:
     client = signed_in("supervisor")
     headers = {"X-CSRF-Token": client.csrf}
-    response = client.http.post("/api/v1/accounts/AC1/transfer", json={"customer_no": "CU2", "reason": "继承"},
-                                headers=headers)
+    response = client.http.post(
+        "/api/v1/accounts/AC1/transfer", json={"customer_no": "CU2", "reason": "继承"}, headers=headers
+    )
     assert response.status_code == 200, response.text
     assert response.json()["account"]["customer"]["customer_no"] == "CU2"
     assert response.json()["detail"]["from"] == {"customer_no": "CU1", "name": "张三"}
-    response = client.http.post("/api/v1/accounts/AC1/rename", json={"name": "李四（已故）", "reason": "x"},
-                                headers=headers)
+    response = client.http.post(
+        "/api/v1/accounts/AC1/rename", json={"name": "李四（已故）", "reason": "x"}, headers=headers
+    )
     assert response.status_code == 200
-    response = client.http.patch("/api/v1/accounts/AC1", json={"household_size": 6, "card_no": None},
-                                 headers=headers)
+    response = client.http.patch("/api/v1/accounts/AC1", json={"household_size": 6, "card_no": None}, headers=headers)
     assert response.status_code == 200 and sorted(response.json()["changed"]) == ["card_no", "household_size"]
     assert response.json()["account"]["card_no"] is None
     response = client.http.patch("/api/v1/accounts/AC1", json={"household_size": 6}, headers=headers)
@@ -333,12 +367,14 @@ def test_edit_on_the_page(signed_in: Callable[[str], ConsoleClient], store: Stor
 def test_change_usage_type(signed_in: Callable[[str], ConsoleClient], store: Store, data: dict[str, Any]) -> None:
     client = signed_in("billing_clerk")
     before = snapshot(store)
-    page = client.post("/customers/accounts/AC1/usage-type",
-                       {"usage_type": "COM", "effective_from": "2999-01-01", "reason": "开店"})
+    page = client.post(
+        "/customers/accounts/AC1/usage-type", {"usage_type": "COM", "effective_from": "2999-01-01", "reason": "开店"}
+    )
     assert page.status_code == 422 and "Effective from: the date is after today." in page.text
     assert snapshot(store) == before
-    response = client.post("/customers/accounts/AC1/usage-type",
-                           {"usage_type": "COM", "effective_from": "2024-07-01", "reason": "开店"})
+    response = client.post(
+        "/customers/accounts/AC1/usage-type", {"usage_type": "COM", "effective_from": "2024-07-01", "reason": "开店"}
+    )
     assert response.status_code == 303
     with store.connection() as conn:
         rows = conn.execute(
@@ -351,9 +387,11 @@ def test_change_usage_type(signed_in: Callable[[str], ConsoleClient], store: Sto
     assert rows == [("COM", date(2024, 7, 1))] and meter == ("COM",)
     entry = history_of(client, "AC1").split("entry-usage_type")[1].split("</tr>")[0]
     assert "2024-07-01" in entry and "开店" in entry and "商业 (COM)" in entry
-    api = client.http.post("/api/v1/accounts/AC1/usage-type",
-                           json={"usage_type": "COM", "effective_from": "2024-08-01", "reason": "x"},
-                           headers={"X-CSRF-Token": client.csrf})
+    api = client.http.post(
+        "/api/v1/accounts/AC1/usage-type",
+        json={"usage_type": "COM", "effective_from": "2024-08-01", "reason": "x"},
+        headers={"X-CSRF-Token": client.csrf},
+    )
     assert api.status_code == 422 and api.json()["error"] == "same_usage_type"
 
 
@@ -366,13 +404,19 @@ def test_lock_and_unlock(signed_in: Callable[[str], ConsoleClient], store: Store
     assert client.post("/customers/accounts/AC1/lock", {"reason": "窃气调查"}).status_code == 303
     page = client.get("/customers/accounts/AC1?done=lock")
     assert "The account is locked." in page.text and 'action="/customers/accounts/AC1/unlock"' in page.text
-    assert client.post("/customers/accounts/AC1/transfer", {"customer_mode": "existing", "customer_no": "CU2",
-                                                            "reason": "x"}).status_code == 409
-    response = client.http.post("/api/v1/accounts/AC1/unlock", json={"reason": "调查结束"},
-                                headers={"X-CSRF-Token": client.csrf})
+    assert (
+        client.post(
+            "/customers/accounts/AC1/transfer", {"customer_mode": "existing", "customer_no": "CU2", "reason": "x"}
+        ).status_code
+        == 409
+    )
+    response = client.http.post(
+        "/api/v1/accounts/AC1/unlock", json={"reason": "调查结束"}, headers={"X-CSRF-Token": client.csrf}
+    )
     assert response.status_code == 200 and response.json()["account"]["status"] == "active"
-    response = client.http.post("/api/v1/accounts/AC1/unlock", json={"reason": "again"},
-                                headers={"X-CSRF-Token": client.csrf})
+    response = client.http.post(
+        "/api/v1/accounts/AC1/unlock", json={"reason": "again"}, headers={"X-CSRF-Token": client.csrf}
+    )
     assert response.status_code == 409 and response.json()["error"] == "not_locked"
     history = history_of(client, "AC1")
     assert "窃气调查" in history.split("entry-lock")[1] and "调查结束" in history.split("entry-unlock")[1]
@@ -403,12 +447,18 @@ def test_a_cashier_cannot_change_accounts(
     assert client.get("/customers/accounts/AC1/edit").status_code == 403
     assert client.post("/customers/accounts/AC1/edit", {"phone": "1", "household_size": "3"}).status_code == 403
     assert client.post("/customers/accounts/AC1/lock", {"reason": "x"}).status_code == 403
-    assert client.post("/customers/new", {"customer_mode": "existing", "customer_no": "CU1",
-                                          "usage_type": "RES"}).status_code == 403
+    assert (
+        client.post(
+            "/customers/new", {"customer_mode": "existing", "customer_no": "CU1", "usage_type": "RES"}
+        ).status_code
+        == 403
+    )
     headers = {"X-CSRF-Token": client.csrf}
     assert client.http.patch("/api/v1/accounts/AC1", json={"phone": "1"}, headers=headers).status_code == 403
-    assert client.http.post("/api/v1/accounts/AC1/rename", json={"name": "x", "reason": "y"},
-                            headers=headers).status_code == 403
+    assert (
+        client.http.post("/api/v1/accounts/AC1/rename", json={"name": "x", "reason": "y"}, headers=headers).status_code
+        == 403
+    )
     assert snapshot(store) == before
 
 
@@ -430,8 +480,9 @@ def test_an_area_limited_user_sees_and_changes_only_their_areas(
     assert client.http.patch("/api/v1/accounts/AC2", json={"phone": "1"}, headers=headers).status_code == 403
     # Nor may an account of theirs be moved into another area, or one opened there.
     assert client.post("/customers/accounts/AC1/edit", {"community": "C2", "household_size": "3"}).status_code == 403
-    response = client.http.post("/api/v1/accounts", json={"customer_no": "CU1", "usage_type": "RES", "community": "C2"},
-                                headers=headers)
+    response = client.http.post(
+        "/api/v1/accounts", json={"customer_no": "CU1", "usage_type": "RES", "community": "C2"}, headers=headers
+    )
     assert response.status_code == 403
     assert "阳光花园" not in client.get("/customers/new").text
     assert snapshot(store) == before

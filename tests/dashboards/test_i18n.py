@@ -44,8 +44,14 @@ def test_a_broken_catalogue_is_refused(tmp_path: Path, monkeypatch: pytest.Monke
 
 @pytest.mark.parametrize(
     ("header", "expected"),
-    [("zh-CN,zh;q=0.9,en;q=0.8", "zh"), ("en-US,en;q=0.9", "en"), ("fr-FR,zh-TW;q=0.5", "zh"), ("", "en"),
-     ("de-DE", "en"), ("en;q=0.4,zh;q=0.8", "zh")],
+    [
+        ("zh-CN,zh;q=0.9,en;q=0.8", "zh"),
+        ("en-US,en;q=0.9", "en"),
+        ("fr-FR,zh-TW;q=0.5", "zh"),
+        ("", "en"),
+        ("de-DE", "en"),
+        ("en;q=0.4,zh;q=0.8", "zh"),
+    ],
 )
 def test_language_from_the_browser(header: str, expected: str) -> None:
     assert i18n.negotiate(None, None, header) == expected

@@ -140,16 +140,22 @@ def test_the_meter_reader_enters_a_reading_but_cannot_approve(
     assert book.status_code == 200 and 'id="manual-form"' in book.text
     assert [r[1] for r in table_rows(book.text, "route")] == ["M00000002", "M00000003", "M00000004"]
 
-    bad = reader.post("/review/books/B1/readings",
-                      {"meter_no": "M00000004", "value": "35o", "read_at": "2024-01-31T18:00", "period": PERIOD})
+    bad = reader.post(
+        "/review/books/B1/readings",
+        {"meter_no": "M00000004", "value": "35o", "read_at": "2024-01-31T18:00", "period": PERIOD},
+    )
     assert bad.status_code == 400 and "is not a non-negative number" in bad.text
-    outside = reader.post("/review/books/B1/readings",
-                          {"meter_no": "M00000001", "value": "5", "read_at": "2024-01-31T18:00", "period": PERIOD})
+    outside = reader.post(
+        "/review/books/B1/readings",
+        {"meter_no": "M00000001", "value": "5", "read_at": "2024-01-31T18:00", "period": PERIOD},
+    )
     assert outside.status_code == 400 and "not in this book" in outside.text
     assert count(store, "SELECT count(*) FROM manual_reading") == 0
 
-    response = reader.post("/review/books/B1/readings",
-                           {"meter_no": "M00000004", "value": "350.5", "read_at": "2024-01-31T18:00", "period": PERIOD})
+    response = reader.post(
+        "/review/books/B1/readings",
+        {"meter_no": "M00000004", "value": "350.5", "read_at": "2024-01-31T18:00", "period": PERIOD},
+    )
     assert response.status_code == 303
     feedback = reader.get(response.headers["location"]).text.split('id="entry-feedback"', 1)[1].split("</div>", 1)[0]
     assert "350.500" in feedback and "Previous 319.000" in feedback and "use 31.500" in feedback
@@ -167,8 +173,11 @@ def test_the_meter_reader_enters_a_reading_but_cannot_approve(
     assert api_post(reader, "/api/v1/review/accept", {"ids": [spike]}).status_code == 403
     assert count(store, "SELECT count(*) FROM billing_reading") == 0
 
-    api = api_post(reader, "/api/v1/books/B1/readings",
-                   {"meter_no": "M00000002", "value": "131.000", "read_at": "2024-01-31T09:00:00", "period": PERIOD})
+    api = api_post(
+        reader,
+        "/api/v1/books/B1/readings",
+        {"meter_no": "M00000002", "value": "131.000", "read_at": "2024-01-31T09:00:00", "period": PERIOD},
+    )
     assert api.status_code == 201 and api.json()["read_at"] == "2024-01-31T09:00:00+08:00"
 
 
@@ -192,8 +201,9 @@ def test_an_import_with_a_bad_row_reports_its_line_and_applies_nothing(
     page = reader.post("/review/books/B1/import", {"period": PERIOD}, files={"file": ("B1.csv", data, "text/csv")})
     assert page.status_code == 400 and "nothing was imported" in page.text
     assert table_rows(page.text, "import-errors") == [["3", "reading_value", "not a number: 'abc'"]]
-    api = reader.http.post("/api/v1/books/B1/import", files={"file": ("B1.csv", data, "text/csv")},
-                           headers={"X-CSRF-Token": reader.csrf})
+    api = reader.http.post(
+        "/api/v1/books/B1/import", files={"file": ("B1.csv", data, "text/csv")}, headers={"X-CSRF-Token": reader.csrf}
+    )
     assert api.status_code == 400
     assert api.json()["errors"] == [{"line": 3, "column": "reading_value", "reason": "not a number: 'abc'"}]
     assert count(store, "SELECT count(*) FROM manual_reading") == 0
@@ -212,8 +222,9 @@ def test_an_import_with_a_bad_row_reports_its_line_and_applies_nothing(
     writer = csv.DictWriter(out, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    good = reader.post("/review/books/B1/import", {"period": PERIOD},
-                       files={"file": ("B1.csv", out.getvalue().encode(), "text/csv")})
+    good = reader.post(
+        "/review/books/B1/import", {"period": PERIOD}, files={"file": ("B1.csv", out.getvalue().encode(), "text/csv")}
+    )
     assert good.status_code == 303 and "n=1" in good.headers["location"]
     assert count(store, "SELECT count(*) FROM manual_reading WHERE source = 'handheld'") == 1
 
@@ -262,8 +273,9 @@ def test_api_queue_row_and_decisions(
 
     row = clerk.http.get(f"/api/v1/review/{spike['id']}").json()
     assert row["all_flags"][0]["rule_id"] == "spike" and row["log"] == []
-    corrected = api_post(clerk, f"/api/v1/review/{spike['id']}/correct",
-                         {"end_value": "231.000", "reason": "photo 123"})
+    corrected = api_post(
+        clerk, f"/api/v1/review/{spike['id']}/correct", {"end_value": "231.000", "reason": "photo 123"}
+    )
     assert corrected.status_code == 200
     row = clerk.http.get(f"/api/v1/review/{spike['id']}").json()
     assert row["status"] == "corrected" and row["approved"]["consumption_m3"] == "15.500"
@@ -280,12 +292,23 @@ def test_api_queue_row_and_decisions(
     run = api_post(clerk, "/api/v1/review/validate", {"period": PERIOD})
     assert run.status_code == 200 and run.json()["pending"] == 0  # decided rows keep their decision
     books = clerk.http.get(f"/api/v1/books?period={PERIOD}").json()["books"]
-    assert books == [{"code": "B1", "name": "Garden 1", "area": None, "reader": "R1", "reading_day": 1,
-                      "active": True, "meters": 3,
-                      "schedule": {"planned_date": "2024-02-01", "reader": "R1", "status": "planned"}}]
+    assert books == [
+        {
+            "code": "B1",
+            "name": "Garden 1",
+            "area": None,
+            "reader": "R1",
+            "reading_day": 1,
+            "active": True,
+            "meters": 3,
+            "schedule": {"planned_date": "2024-02-01", "reader": "R1", "status": "planned"},
+        }
+    ]
     route = clerk.http.get(f"/api/v1/books/B1?period={PERIOD}").json()["route"]
     assert [(m["seq"], m["meter_no"], m["review_status"]) for m in route] == [
-        (1, "M00000002", "accepted"), (2, "M00000003", "corrected"), (3, "M00000004", "estimated"),
+        (1, "M00000002", "accepted"),
+        (2, "M00000003", "corrected"),
+        (3, "M00000004", "estimated"),
     ]
 
 

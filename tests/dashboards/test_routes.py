@@ -18,8 +18,13 @@ from meterhub.store import Store
 from tests.dashboards.conftest import ROLES, ConsoleClient
 
 # Reachable without signing in: the sign-in form, the language switch, the API's description.
-PUBLIC = {("GET", "/login"), ("POST", "/login"), ("POST", "/lang"), ("GET", "/api/v1/openapi.json"),
-          ("GET", "/favicon.ico")}
+PUBLIC = {
+    ("GET", "/login"),
+    ("POST", "/login"),
+    ("POST", "/lang"),
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/favicon.ico"),
+}
 
 
 def _requirements(dependant: Any) -> Iterator[Any]:
@@ -156,8 +161,10 @@ def test_api_tokens_need_no_csrf_but_the_same_permissions(
     console_app: Any, signed_in: Callable[[str], ConsoleClient], client_factory: Callable[[], ConsoleClient]
 ) -> None:
     admin = signed_in("admin")
-    admin.post("/admin/roles/cashier/permissions", {"permission": ["customers.view", "billing.view", "billing.pay",
-                                                                    "admin.tokens"]})
+    admin.post(
+        "/admin/roles/cashier/permissions",
+        {"permission": ["customers.view", "billing.view", "billing.pay", "admin.tokens"]},
+    )
     cashier = signed_in("cashier")
     token = cashier.post("/me/tokens", {"name": "kiosk"}).text.split('id="new-token">')[1].split("<")[0]
     program = client_factory().http

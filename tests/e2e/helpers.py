@@ -145,9 +145,7 @@ def watch(page: Page) -> Activity:
     def on_response(response: Response) -> None:
         document = response.request.resource_type == "document"
         if response.status >= 500 or (response.status >= 400 and not document):
-            record.failed_resources.append(
-                f"{response.request.method} {response.url} answered {response.status}"
-            )
+            record.failed_resources.append(f"{response.request.method} {response.url} answered {response.status}")
 
     def on_request_failed(request: Request) -> None:
         record.failed_resources.append(f"{request.method} {request.url} failed: {request.failure}")

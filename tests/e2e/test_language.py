@@ -54,8 +54,13 @@ def test_the_switch_shows_chinese_and_back_english(page: Page, base_url: str, us
     ids=["zh-CN", "en-US"],
 )
 def test_the_browser_language_is_the_default(
-    new_page: Callable[..., Page], base_url: str, users: dict[str, int],
-    locale: str, lang: str, sign_in: str, overview: str,
+    new_page: Callable[..., Page],
+    base_url: str,
+    users: dict[str, int],
+    locale: str,
+    lang: str,
+    sign_in: str,
+    overview: str,
 ) -> None:
     page = new_page(locale=locale)
     assert page.evaluate("navigator.language") == locale

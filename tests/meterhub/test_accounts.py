@@ -89,8 +89,11 @@ def test_generated_numbers_skip_numbers_already_taken(store: Store, base: dict[s
             "id_number",
             "bad_id_check",
         ),
-        (OpenAccount(usage_type="RES", customer=CustomerInput(name="x", household_size=0)), "household_size",
-         "bad_household"),
+        (
+            OpenAccount(usage_type="RES", customer=CustomerInput(name="x", household_size=0)),
+            "household_size",
+            "bad_household",
+        ),
         (OpenAccount(usage_type="RES", customer_no="CU1", opened_on=date(2025, 3, 16)), "opened_on", "future_date"),
     ],
 )
@@ -196,8 +199,10 @@ def test_usage_type_change_moves_the_meters_and_records_the_date(store: Store, b
     assert result.detail == {"from": "RES", "to": "COM", "meters_changed": ["M00000001"], "meters_kept": ["M-HEAT"]}
     with store.connection() as conn:
         types = dict(conn.execute("SELECT m.meter_no, u.code FROM meter m JOIN usage_type u ON u.id = m.usage_type_id"))
-        res, com = (conn.execute("SELECT id FROM usage_type WHERE code = %s", [c]).fetchone()[0]  # type: ignore[index]
-                    for c in ("RES", "COM"))
+        res, com = (
+            conn.execute("SELECT id FROM usage_type WHERE code = %s", [c]).fetchone()[0]  # type: ignore[index]
+            for c in ("RES", "COM")
+        )
         assert accounts.usage_type_on(conn, base["account"], date(2025, 1, 31)) == res
         assert accounts.usage_type_on(conn, base["account"], date(2025, 2, 1)) == com
         entry = next(e for e in accounts.history(conn, base["account"]) if e.kind == "usage_type")

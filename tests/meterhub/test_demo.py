@@ -156,12 +156,15 @@ def test_demo_runs_the_whole_platform_then_resumes(tmp_path: Path) -> None:
             assert set(arrived) == {"native_mqtt", "cjt188_mqtt", "modbus", "serial"}
             # the emergency closes seeded for a native JSON and a CJ/T 188 meter reach the simulated meters
             wait_until(
-                lambda: conn.execute(
-                    """SELECT count(DISTINCT m.driver_key) FROM meter_command c JOIN meter m ON m.id = c.meter_id
+                lambda: (
+                    conn.execute(
+                        """SELECT count(DISTINCT m.driver_key) FROM meter_command c JOIN meter m ON m.id = c.meter_id
                         WHERE c.kind = 'valve_close' AND c.state = 'confirmed'
                           AND EXISTS (SELECT 1 FROM meter_state s WHERE s.meter_id = m.id
                                          AND s.valve_reported = 'closed')"""
-                ).fetchone() == (2,),
+                    ).fetchone()
+                    == (2,)
+                ),
                 timeout=60,
                 what="confirmed closes of a native JSON and a CJ/T 188 meter",
             )
