@@ -83,7 +83,7 @@ def test_a_cashier_takes_a_payment_and_reprints_the_receipt(
     expect(lines).to_have_count(1)
     expect(lines.first).to_contain_text("Payment")
     expect(lines.first.locator("td.num")).to_have_text("30.00")
-    expect(receipt).to_contain_text("Printed 1 times")
+    expect(receipt).to_contain_text("Prints so far: 1")
     assert _payments(store) == [("1001", Decimal("30.00"), "wechat", "cashier")]
     assert _prints(store) == [(False, "cashier")]
     screenshot(page, "receipt")
