@@ -4,7 +4,9 @@ Creates a database of its own on the given server, generates `--meters` meters w
 daily register readings each (server-side, `INSERT … SELECT generate_series`) for April 2024 — with a few
 faults: 1 % of meters with a spike, 0.1 % rolling over, 0.2 % with a gap of 5 days — then runs
 `validate_period` (load → compute → estimate → write) and, as the reference, the pure compute on the
-frames already in memory. Drops the database at the end unless `--keep`.
+frames already in memory. Drops the database at the end unless `--keep`; `--database NAME` reuses one kept
+earlier (no generation), and `--repeat N` runs it all N times (the run's own rows emptied in between), for
+measuring on a shared machine.
 
     python bench/validate.py --database-url postgresql://postgres@127.0.0.1:5432/test --meters 1000000
 """
@@ -12,6 +14,7 @@ frames already in memory. Drops the database at the end unless `--keep`.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import threading
 import time
@@ -85,6 +88,27 @@ def generate(url: str, meters: int, days: int) -> float:
     return time.perf_counter() - started
 
 
+def run(store: Store, url: str, workers: int) -> None:
+    """One validation run from an empty queue, then the pure compute on the frames in memory."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE reading_review_log, reading_review, reading_flag, validation_run")
+    load = os.getloadavg()[0]
+    result = validate_period(store, PERIOD, actor="bench", now=NOW, workers=workers)
+    t = result.timings
+    total = sum(t.values())
+    print(
+        f"end to end {total:.1f} s: load {t['load']:.1f} s, compute {t['compute']:.1f} s, "
+        f"estimate {t['estimate']:.1f} s, write {t['write']:.1f} s (load average before {load:.2f})"
+    )
+    print(
+        f"  {result.readings:,} readings, {result.meters:,} queue rows, {result.flags:,} flags {result.flags_by_rule}"
+    )
+    data = load_period(store, PERIOD, DEFAULT_RULES, workers=workers)
+    started = time.perf_counter()
+    compute_review(data.readings, data.meters, data.assignments, data.span, DEFAULT_RULES, NOW, data.valve_states)
+    print(f"pure compute (reference, frames in memory): {time.perf_counter() - started:.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test")
@@ -92,36 +116,29 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--workers", type=int, default=2, help="connections reading in parallel")
     parser.add_argument("--keep", action="store_true", help="keep the database")
+    parser.add_argument("--database", help="reuse this database, kept by an earlier --keep run (not dropped)")
+    parser.add_argument("--repeat", type=int, default=1, help="run validation and the reference this many times")
     args = parser.parse_args()
 
-    name = f"meterhub_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    name = args.database or f"meterhub_bench_{uuid.uuid4().hex[:8]}"
+    if not args.database:
+        with psycopg.connect(args.database_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = with_database(args.database_url, name)
     try:
         settings = load_settings(None, database={"url": url, "pool_min": 0, "pool_max": 4, "timescale": "off"})
         with Store(settings) as store:
             store.migrate()
-            generated = generate(url, args.meters, args.days)
-            print(f"generated {args.meters:,} meters × {args.days} readings in {generated:.1f} s")
-            result = validate_period(store, PERIOD, actor="bench", now=NOW, workers=args.workers)
-            t = result.timings
-            total = sum(t.values())
-            print(
-                f"end to end {total:.1f} s: load {t['load']:.1f} s, compute {t['compute']:.1f} s, "
-                f"estimate {t['estimate']:.1f} s, write {t['write']:.1f} s"
-            )
-            print(
-                f"  {result.readings:,} readings, {result.meters:,} queue rows, {result.flags:,} flags "
-                f"{result.flags_by_rule}"
-            )
-            span, meters, assignments, readings = load_period(store, PERIOD, DEFAULT_RULES, workers=args.workers)
-            started = time.perf_counter()
-            compute_review(readings, meters, assignments, span, DEFAULT_RULES, NOW)
-            print(f"pure compute (reference, frames in memory): {time.perf_counter() - started:.1f} s")
+            if not args.database:
+                generated = generate(url, args.meters, args.days)
+                print(f"generated {args.meters:,} meters × {args.days} readings in {generated:.1f} s")
+            for _ in range(args.repeat):
+                run(store, url, args.workers)
             print(f"machine: {platform.machine()}, {platform.processor() or platform.platform()}")
+            if args.keep:
+                print(f"kept database {name}")
     finally:
-        if not args.keep:
+        if not args.keep and not args.database:
             with psycopg.connect(args.database_url, autocommit=True) as conn:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 

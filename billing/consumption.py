@@ -146,23 +146,92 @@ def _assignment_readings(readings: pl.LazyFrame, assignments: pl.LazyFrame) -> p
     return pl.concat([inside.select(columns), first, final], how="vertical_relaxed")
 
 
+_MAX_KEY = 2**63 - 1
+
+
+def _rank_columns() -> list[pl.Expr]:
+    """Tie-break columns for rows sharing (series, ts): a settlement reading, then the latest delivery, then
+    the highest value. Integer sort keys without nulls: sorting on nullable or many columns is slower."""
+    rank = (
+        pl.when(pl.col("_priority") == 0)
+        .then(pl.lit(-(2**63) + 1, dtype=pl.Int64))
+        .otherwise(-pl.col("received_at").dt.epoch("us").fill_null(0))
+    )
+    return [rank.alias("_rank"), (-pl.col("value_l")).alias("_neg_value")]
+
+
+def _sorted_by_columns(frame: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:
+    ordered = frame.with_columns(_rank_columns()).sort([*keys, "ts", "_rank", "_neg_value"])
+    same = pl.all_horizontal([pl.col(k) == pl.col(k).shift(1) for k in [*keys, "ts"]]).fill_null(False)
+    return ordered.with_columns(same.alias("duplicate")).drop("_rank", "_neg_value", "_priority", "received_at")
+
+
+def _meter_time_key(frame: pl.DataFrame) -> pl.Series | None:
+    """(meter_id, ts) packed into one Int64 that sorts the same way, or None when it does not fit.
+
+    Offsets from the smallest meter id and time: meter offset × time span + time offset, the time in µs, or in
+    whole ms or s when every offset is a multiple of one (a 120-day window of 1,000,000 meters does not fit in
+    µs, but does in seconds).
+    """
+    meter, ts = frame.get_column("meter_id"), frame.get_column("ts").dt.epoch("us")
+    if frame.height == 0 or meter.null_count() or ts.null_count():
+        return None
+    meter_lo, meter_hi = int(meter.min()), int(meter.max())  # type: ignore[arg-type]
+    ts_lo, ts_hi = int(ts.min()), int(ts.max())  # type: ignore[arg-type]
+    offset = ts - ts_lo
+    for unit in (1, 1_000, 1_000_000):
+        span = (ts_hi - ts_lo) // unit + 1
+        if (meter_hi - meter_lo + 1) * span > _MAX_KEY:
+            continue
+        if unit > 1 and (offset % unit != 0).any():
+            return None
+        return (meter - meter_lo) * span + offset // unit
+    return None
+
+
+def _sort_meter_series(frame: pl.DataFrame) -> pl.DataFrame:
+    """`_sorted` for series keyed by meter alone: one Int64 sort key instead of four sort columns (several times
+    faster on tens of millions of rows); only the rows that share a (meter, ts) are then ordered by the tie-break
+    columns."""
+    key = _meter_time_key(frame)
+    if key is None:
+        return _sorted_by_columns(frame.lazy(), list(METER_KEYS)).collect(engine="in-memory")
+    columns = [c for c in frame.columns if c not in ("_priority", "received_at")]
+    # Columns without a value (the series bounds of plain meter series) are put back after the sort, not moved.
+    empty = {
+        c: frame.schema[c]
+        for c in ("series_start", "series_end")
+        if c in frame.columns and frame.get_column(c).null_count() == frame.height
+    }
+    ordered = frame.drop(*empty).with_columns(key.alias("_key")).sort("_key")
+    sorted_key = ordered.get_column("_key")
+    same = (sorted_key == sorted_key.shift(1)).fill_null(False)
+    if same.any():
+        in_tie = same | same.shift(-1).fill_null(False)
+        positions = in_tie.arg_true()
+        ties = ordered[positions].with_columns(_rank_columns())
+        order = ties.select(pl.arg_sort_by("_key", "_rank", "_neg_value")).to_series()
+        index = pl.int_range(0, ordered.height, dtype=pl.get_index_type(), eager=True)
+        ordered = ordered[index.scatter(positions, positions.gather(order))]
+    # Marked sorted, joins and group-bys on the meter take their faster sorted paths.
+    return ordered.with_columns(
+        pl.col("meter_id").set_sorted(),
+        *[pl.lit(None, dtype=dtype).alias(name) for name, dtype in empty.items()],
+        same.alias("duplicate"),
+    ).select(*columns, "duplicate")
+
+
 def _sorted(frame: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:
     """Sorted by series and time; rows sharing (series, ts) after the first are marked `duplicate`.
 
     The first is the one to keep: a settlement reading, then the latest delivery, then the highest value,
     so the choice never depends on input order.
     """
-    # Integer sort keys without nulls: sorting on nullable or many columns is several times slower.
-    rank = (
-        pl.when(pl.col("_priority") == 0)
-        .then(pl.lit(-(2**63) + 1, dtype=pl.Int64))
-        .otherwise(-pl.col("received_at").dt.epoch("us").fill_null(0))
-    )
-    ordered = frame.with_columns(rank.alias("_rank"), (-pl.col("value_l")).alias("_neg_value")).sort(
-        [*keys, "ts", "_rank", "_neg_value"]
-    )
-    same = pl.all_horizontal([pl.col(k) == pl.col(k).shift(1) for k in [*keys, "ts"]]).fill_null(False)
-    return ordered.with_columns(same.alias("duplicate")).drop("_rank", "_neg_value", "_priority", "received_at")
+    if keys != list(METER_KEYS):
+        return _sorted_by_columns(frame, keys)
+    schema = frame.collect_schema()
+    out = {name: dtype for name, dtype in schema.items() if name not in ("_priority", "received_at")}
+    return frame.map_batches(_sort_meter_series, schema={**out, "duplicate": pl.Boolean()})
 
 
 def _series(readings: pl.LazyFrame, assignments: pl.LazyFrame | None) -> tuple[pl.LazyFrame, list[str]]:
@@ -218,11 +287,15 @@ def intervals_litres(
     """
     params = params or RegisterParams()
     frame, keys = ordered or ordered_readings(readings, assignments=assignments)
-    unique = (
-        frame.filter(~pl.col("duplicate"))
-        .drop("duplicate")
-        .join(_normalise_meters(meters, meter_columns), on="meter_id", how="left", maintain_order="left")
-    )
+    unique = frame.filter(~pl.col("duplicate")).drop("duplicate")
+    meter_frame = _normalise_meters(meters, meter_columns)
+    by_meter = keys == list(METER_KEYS)
+    if by_meter:
+        # Sorted by meter (see `ordered_readings`): said so, the join and later group-bys on the meter take
+        # polars' sorted paths, several times faster than hashing tens of millions of rows.
+        unique = unique.with_columns(pl.col("meter_id").set_sorted())
+        meter_frame = meter_frame.sort("meter_id")
+    unique = unique.join(meter_frame, on="meter_id", how="left", maintain_order="left")
     same = pl.all_horizontal([pl.col(k) == pl.col(k).shift(1) for k in keys]).fill_null(False)
     prev_value = pl.col("prev_value_l")
     delta = pl.col("value_l") - prev_value
@@ -243,15 +316,15 @@ def intervals_litres(
     use = (
         pl.when(pl.col("kind") == "rollover").then(wrapped).when(pl.col("kind") != "reset").then(delta).otherwise(None)
     )
-    return (
+    frame = (
         unique.with_columns(
             pl.when(same).then(pl.col("ts").shift(1)).alias("prev_ts"),
             pl.when(same).then(pl.col("value_l").shift(1)).alias("prev_value_l"),
         )
         .with_columns(kind.alias("kind"))
-        .with_columns(use.alias("use_l")),
-        keys,
+        .with_columns(use.alias("use_l"))
     )
+    return (frame.with_columns(pl.col("meter_id").set_sorted()) if by_meter else frame), keys
 
 
 def interval_consumption(

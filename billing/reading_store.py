@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
+from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -20,6 +21,7 @@ import numpy as np
 import polars as pl
 import psycopg
 from psycopg import sql
+from psycopg.copy import QueuedLibpqWriter
 
 from billing.consumption import TS, VOLUME_CHANNEL
 from meterhub.store import Store
@@ -81,11 +83,11 @@ def ensure_period(conn: psycopg.Connection[Any], period: str, tz: str) -> Period
 def copy_records(conn: psycopg.Connection[Any], query: sql.Composable, names: Sequence[str]) -> pl.DataFrame:
     """Run `query` returning one bytea column of packed big-endian int8 records (`names` per record) through
     binary COPY into an Int64 frame."""
-    payloads: list[bytes] = []
+    payloads: list[memoryview] = []
     first = True
     with conn.cursor().copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(query)) as copy:
         for chunk in copy:
-            data = bytes(chunk)
+            data = memoryview(bytes(chunk))  # slices of a view are not copies: the join below is the only one
             start = _BINARY_HEADER if first else 0  # the header comes with the first message
             first = False
             if len(data) - start < 6 or data[start : start + 2] == b"\xff\xff":
@@ -117,6 +119,41 @@ def _ts_from_pg(column: str) -> pl.Expr:
     return (pl.col(column) + PG_EPOCH_US).cast(TS)
 
 
+def _split(conn: psycopg.Connection[Any], workers: int) -> list[sql.Composable]:
+    """Conditions that split `reading` into `workers` disjoint parts of about equal size (one when it cannot)."""
+    row = conn.execute(
+        """SELECT c.relkind = 'p',
+                  (SELECT max(pg_relation_size(i.inhrelid)) FROM pg_inherits i WHERE i.inhparent = c.oid)
+                      / current_setting('block_size')::int8,
+                  (SELECT min(id) FROM meter), (SELECT max(id) FROM meter)
+             FROM pg_class c WHERE c.oid = 'reading'::regclass"""
+    ).fetchone()
+    partitioned, pages, low, high = row if row else (False, None, None, None)
+    if partitioned and pages and pages >= workers:
+        # The same page numbers cut every partition: the largest is split evenly, and rows appended meanwhile
+        # land in the last, open-ended part.
+        cuts = [pages * i // workers for i in range(1, workers)]
+        bounds = [None, *cuts, None]
+        parts: list[sql.Composable] = []
+        for lo, hi in pairwise(bounds):
+            conditions = []
+            if lo is not None:
+                conditions.append(sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({lo},0)")))
+            if hi is not None:
+                conditions.append(sql.SQL("ctid < {}::tid").format(sql.Literal(f"({hi},0)")))
+            parts.append(sql.SQL(" AND ").join(conditions))
+        return parts
+    if low is not None and high is not None and high > low:
+        step = (high - low) // workers + 1
+        return [
+            sql.SQL("meter_id >= {} AND meter_id < {}").format(
+                sql.Literal(low + i * step), sql.Literal(low + (i + 1) * step)
+            )
+            for i in range(workers)
+        ]
+    return [sql.SQL("true")]
+
+
 def load_readings(
     store: Store,
     since: datetime,
@@ -127,7 +164,9 @@ def load_readings(
 ) -> pl.DataFrame:
     """Volume readings with `since < ts <= until` (not the meter's own estimates): `meter_id, ts, value_l`.
 
-    With `workers` > 1 the meter id range is split over that many connections, read in parallel.
+    With `workers` > 1 the rows are split over that many connections, read in parallel: by page ranges of
+    each partition on native partitioning (every worker scans only its share of the table), by meter id
+    range otherwise (a TimescaleDB hypertable, whose compressed chunks have no page ranges to split by).
     """
     where = sql.SQL("channel = {} AND ts > {} AND ts <= {} AND quality <> 'estimated'").format(
         sql.Literal(VOLUME_CHANNEL), sql.Literal(since), sql.Literal(until)
@@ -135,18 +174,10 @@ def load_readings(
     if meter_ids is not None:
         where = sql.SQL("{} AND meter_id = ANY({})").format(where, sql.Literal(list(meter_ids)))
         workers = 1
-    with store.connection() as conn:
-        bounds = conn.execute(sql.SQL("SELECT min(id), max(id) FROM meter")).fetchone()
-    low, high = (bounds or (None, None)) if workers > 1 else (None, None)
     ranges: list[sql.Composable] = [sql.SQL("true")]
-    if low is not None and high is not None and high > low:
-        step = (high - low) // workers + 1
-        ranges = [
-            sql.SQL("meter_id >= {} AND meter_id < {}").format(
-                sql.Literal(low + i * step), sql.Literal(low + (i + 1) * step)
-            )
-            for i in range(workers)
-        ]
+    if workers > 1:
+        with store.connection() as conn:
+            ranges = _split(conn, workers)
 
     def one(extra: sql.Composable) -> pl.DataFrame:
         # One COPY message per row costs more in Python than the rows themselves: the server packs
@@ -261,8 +292,11 @@ def copy_frame(conn: psycopg.Connection[Any], table: str, frame: pl.DataFrame) -
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT CSV)").format(
         sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(c) for c in frame.columns)
     )
-    step = 500_000  # bounded memory for the CSV text of very large frames
-    with conn.cursor().copy(statement) as copy:
+    # Bounded memory for the CSV text of very large frames; a writer thread sends each chunk while the next one
+    # is formatted, so that formatting overlaps with the server parsing.
+    step = 100_000
+    cursor = conn.cursor()
+    with cursor.copy(statement, writer=QueuedLibpqWriter(cursor)) as copy:
         for offset in range(0, frame.height, step):
             copy.write(frame.slice(offset, step).write_csv(include_header=False))
     return frame.height

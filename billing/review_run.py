@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +17,7 @@ import polars as pl
 import psycopg
 from psycopg.types.json import Jsonb
 
-from billing.consumption import ACCOUNT_KEYS, TS, intervals_litres, m3, period_litres
+from billing.consumption import ACCOUNT_KEYS, TS, intervals_litres, m3, ordered_readings, period_litres
 from billing.estimation import estimate
 from billing.reading_store import (
     Period,
@@ -28,6 +29,7 @@ from billing.reading_store import (
     load_readings,
 )
 from billing.validation import RuleSet, rejected_readings, validate
+from billing.valve_history import load_closed_intervals
 from meterhub.store import Store
 
 DEFAULT_RULES = RuleSet(rule_set_version="default-1")
@@ -88,11 +90,17 @@ def _bounds(assignments: pl.LazyFrame, period: Period) -> pl.LazyFrame:
 
 
 def _consumption(
-    readings: pl.LazyFrame, meters: pl.LazyFrame, assignments: pl.DataFrame, period: Period, rules: RuleSet
+    readings: pl.LazyFrame,
+    meters: pl.LazyFrame,
+    assignments: pl.DataFrame,
+    period: Period,
+    rules: RuleSet,
+    intervals: pl.DataFrame | None = None,
 ) -> pl.LazyFrame:
     """Per (account, meter) served in the period: boundary readings and use in litres.
 
-    Meters whose assignment is plain (no settlement readings) take the faster per-meter path; replaced or
+    Meters whose assignment is plain (no settlement readings) take the faster per-meter path — on `intervals`
+    (`intervals_litres` of these readings by meter, as validation computed them) when given; replaced or
     newly installed meters go through the account assignment path.
     """
     since = period.start_ts - timedelta(days=rules.spike_window_days)
@@ -101,14 +109,20 @@ def _consumption(
     complex_ = assignments.filter(~plain)
     parts: list[pl.LazyFrame] = []
     if simple.height:
-        frame, keys = intervals_litres(
-            readings.join(simple.lazy().select("meter_id"), on="meter_id", how="semi"), meters, params=rules.register
-        )
+        simple_ids = simple.get_column("meter_id").implode()
+        if intervals is None:
+            frame, keys = intervals_litres(
+                readings.filter(pl.col("meter_id").is_in(simple_ids)), meters, params=rules.register
+            )
+        else:
+            frame, keys = intervals.lazy(), ["meter_id"]
+            if not intervals.select(pl.col("meter_id").is_in(simple_ids).all()).item():
+                frame = frame.filter(pl.col("meter_id").is_in(simple_ids))
         summary = period_litres(frame, keys, period.start_ts, period.end_ts)
         parts.append(summary.join(simple.lazy().select("meter_id", "account_id"), on="meter_id"))
     if complex_.height:
         frame, keys = intervals_litres(
-            readings.join(complex_.lazy().select("meter_id"), on="meter_id", how="semi"),
+            readings.filter(pl.col("meter_id").is_in(complex_.get_column("meter_id").implode())),
             meters,
             assignments=complex_.lazy().drop("explicit"),
             params=rules.register,
@@ -178,6 +192,14 @@ def _flag_summary(flags: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+def _in_scope(readings: pl.DataFrame, meters: pl.DataFrame) -> pl.DataFrame:
+    """The readings of the meters in `meters`; the frame itself when they all are (the usual case)."""
+    inside = pl.col("meter_id").is_in(meters.get_column("meter_id").implode())
+    if readings.select(inside.all()).item():
+        return readings
+    return readings.filter(inside)
+
+
 def compute_review(
     readings: pl.DataFrame,
     meters: pl.DataFrame,
@@ -185,25 +207,36 @@ def compute_review(
     period: Period,
     rules: RuleSet,
     now: datetime,
+    valve_states: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Flags (see `billing.validation.FLAG_SCHEMA`) and the review queue (columns of `QUEUE_COLUMNS`
     without `run_id`, `estimate_m3`, `estimate_method`) for a period.
 
     `readings`: `meter_id, ts, value_l, received_at`; manual readings carry `manual` = true.
+    `valve_states`: the meters' closed-valve intervals (`meter_id, closed_from, closed_to`), see
+    `billing.valve_history`.
     """
     if "manual" not in readings.columns:
         readings = readings.with_columns(pl.lit(False).alias("manual"))
-    in_scope = readings.lazy().join(meters.lazy().select("meter_id"), on="meter_id", how="semi")
-    scoped = in_scope.with_columns(pl.col("manual").fill_null(False)).collect(engine="in-memory")
+    scoped = _in_scope(readings, meters)
+    volume = scoped.lazy().drop("manual")
+    # One sort and one pass over the intervals serve validation and the per-meter consumption alike.
+    sorted_lazy, keys = ordered_readings(volume)
+    sorted_frame = sorted_lazy.collect(engine="in-memory")
+    intervals, _ = intervals_litres(volume, meters.lazy(), params=rules.register, ordered=(sorted_frame.lazy(), keys))
+    interval_frame = intervals.collect(engine="in-memory")
     flags = validate(
-        scoped.lazy().drop("manual"),
+        volume,
         meters.lazy(),
         rules,
         period_start=period.start_ts,
         period_end=period.end_ts,
         now=now,
+        valve_states=None if valve_states is None else valve_states.lazy(),
+        ordered=(sorted_frame.lazy(), keys),
+        intervals=interval_frame.lazy(),
     ).collect(engine="in-memory")
-    use = _consumption(scoped.lazy().drop("manual"), meters.lazy(), assignments, period, rules)
+    use = _consumption(volume, meters.lazy(), assignments, period, rules, interval_frame)
     # A removed meter is not silent after its removal: drop open gaps that run past its last day of service.
     served_until = _bounds(assignments.lazy(), period).group_by("meter_id").agg(pl.col("bound_end").max())
     flags = (
@@ -215,7 +248,7 @@ def compute_review(
     )
     manual_ends = (
         scoped.lazy()
-        .filter(pl.col("manual"))
+        .filter(pl.col("manual").fill_null(False))
         .select("meter_id", pl.col("ts").alias("end_ts"), pl.lit(True).alias("_m"))
     ).unique(["meter_id", "end_ts"])
     read = pl.col("end_ts") > pl.col("bound_start")
@@ -339,21 +372,36 @@ def _write(
     return run_id, pending, by_rule
 
 
-def load_period(
-    store: Store, period: str, rules: RuleSet, *, actor: str = "system", workers: int = 2
-) -> tuple[Period, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """The period (created as a calendar month if new), meters, assignments and readings (telemetry and
-    manual, back `rules.spike_window_days` before the period) that `compute_review` takes."""
+@dataclass
+class PeriodInput:
+    """What `compute_review` takes for a period, as `load_period` reads it from the store."""
+
+    span: Period
+    meters: pl.DataFrame
+    assignments: pl.DataFrame
+    readings: pl.DataFrame
+    valve_states: pl.DataFrame
+
+
+def load_period(store: Store, period: str, rules: RuleSet, *, actor: str = "system", workers: int = 2) -> PeriodInput:
+    """The period (created as a calendar month if new), meters, assignments, readings (telemetry and manual,
+    back `rules.spike_window_days` before the period) and closed-valve intervals that `compute_review` takes.
+
+    The readings are read on `workers` connections of their own while the master data is read on another.
+    """
     tz = store.settings.timezone
     with store.transaction(actor=actor) as conn:
         span = ensure_period(conn, period, tz)
-        meters = load_meters(conn)
-        assignments = load_assignments(conn, span, tz)
-        since = span.start_ts - timedelta(days=rules.spike_window_days)
-        manual = load_manual_readings(conn, since, span.end_ts)
-    telemetry = load_readings(store, since, span.end_ts, workers=workers)
-    readings = _readings_frame(telemetry, manual.with_columns(pl.lit(True).alias("manual")))
-    return span, meters, assignments, readings
+    since = span.start_ts - timedelta(days=rules.spike_window_days)
+    with ThreadPoolExecutor(1) as pool:
+        telemetry = pool.submit(load_readings, store, since, span.end_ts, workers=workers)
+        with store.transaction(actor=actor) as conn:
+            meters = load_meters(conn)
+            assignments = load_assignments(conn, span, tz)
+            manual = load_manual_readings(conn, since, span.end_ts)
+            valves = load_closed_intervals(conn, since, span.end_ts)
+        readings = _readings_frame(telemetry.result(), manual.with_columns(pl.lit(True).alias("manual")))
+    return PeriodInput(span, meters, assignments, readings, valves)
 
 
 def validate_period(
@@ -373,11 +421,12 @@ def validate_period(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     step("load")
-    span, meters, assignments, readings = load_period(store, period, rules, actor=actor, workers=workers)
+    loaded = load_period(store, period, rules, actor=actor, workers=workers)
+    span, meters, readings = loaded.span, loaded.meters, loaded.readings
     timings["load"] = time.perf_counter() - started
     started = time.perf_counter()
     step("compute")
-    flags, queue = compute_review(readings, meters, assignments, span, rules, now)
+    flags, queue = compute_review(readings, meters, loaded.assignments, span, rules, now, loaded.valve_states)
     timings["compute"] = time.perf_counter() - started
     started = time.perf_counter()
     step("estimate")

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from decimal import Decimal
+from itertools import pairwise
 from typing import Any
 
 import polars as pl
@@ -217,6 +218,49 @@ def _days_milli(us: pl.Expr) -> pl.Expr:
     return us // (US_PER_DAY // 1000)
 
 
+def _effective(rules: RuleSet, name: str) -> list[Any]:
+    """The values a parameter takes over all usage types (a type's null falls back to the default's)."""
+    default = rules.default.columns()[name]
+    values = [default]
+    for usage in rules.usage_types.values():
+        value = usage.columns()[name]
+        values.append(default if value is None else value)
+    return values
+
+
+def _least(rules: RuleSet, name: str) -> Any:
+    """The smallest value of a threshold over all usage types; None when no type sets it (the rule never fires)."""
+    values = [v for v in _effective(rules, name) if v is not None]
+    return min(values) if values else None
+
+
+def _with_params(frame: pl.LazyFrame, params: pl.LazyFrame, *names: str) -> pl.LazyFrame:
+    """Candidate rows with their meter's rule parameters: joined on the few candidates, never on every reading."""
+    return frame.join(params.select("meter_id", *names), on="meter_id", how="left")
+
+
+def _rolling_median(frame: pl.DataFrame, window: str, min_samples: int, parts: int | None = None) -> pl.Series:
+    """The median of `rate_l` over the window before each row (`order_key`), in parallel.
+
+    polars computes one rolling median on one thread; windows never reach across series (their keys lie
+    far apart), so the frame is cut at series boundaries into one part per thread and the parts computed
+    at once. The result is the same as in one piece.
+    """
+    median = pl.col("rate_l").rolling_median_by("order_key", window_size=window, min_samples=min_samples, closed="left")
+    rows = frame.height
+    if parts is None:
+        parts = max(1, min(pl.thread_pool_size(), rows // 100_000))
+    meter = frame.get_column("meter_id")
+    cuts = [0]
+    for i in range(1, parts):
+        at = int(meter.search_sorted(meter[rows * i // parts], side="left"))  # the first row of that meter
+        if at > cuts[-1]:
+            cuts.append(at)
+    cuts.append(rows)
+    pieces = [frame.slice(lo, hi - lo).lazy().select(median) for lo, hi in pairwise(cuts)]
+    return pl.concat(pieces).collect(engine="in-memory").to_series()
+
+
 def validate(
     readings: pl.LazyFrame,
     meters: pl.LazyFrame,
@@ -226,25 +270,33 @@ def validate(
     period_end: datetime,
     now: datetime,
     valve_states: pl.LazyFrame | None = None,
+    ordered: tuple[pl.LazyFrame, list[str]] | None = None,
+    intervals: pl.LazyFrame | None = None,
 ) -> pl.LazyFrame:
     """Flags for the period (period_start, period_end], one row per (meter, interval or point, rule).
 
     `readings` should reach back `spike_window_days` before the period (history for spike, zero use and
     stuck register); only intervals ending inside the period are flagged, except future timestamps,
     which are flagged wherever they are. `valve_states`: `meter_id, closed_from, closed_to` (null while
-    still closed). Columns: see `FLAG_SCHEMA`.
+    still closed; see `billing.valve_history`). Columns: see `FLAG_SCHEMA`.
+
+    When the caller has them already (to share one sort with the consumption computed from the same
+    readings): `ordered` = `ordered_readings(readings)` and `intervals` = `intervals_litres(readings, meters,
+    params=rules.register, ordered=ordered)`, both materialised.
     """
     start, end, now = utc(period_start), utc(period_end), utc(now)
     until = min(now, end)
     enabled = rules.enabled
     params = _meter_params(meters, rules)
-    keep = [c for c in params.collect_schema() if c not in ("meter_id", "register_max", "register_resolution")]
     # The sorted readings feed both the intervals and the duplicate check: materialise them once.
-    sorted_frame, keys = ordered_readings(readings)
-    sorted_frame = sorted_frame.collect(engine="in-memory").lazy()
-    frame, _ = intervals_litres(
-        readings, params, params=rules.register, meter_columns=keep, ordered=(sorted_frame, keys)
-    )
+    if ordered is None:
+        sorted_frame, keys = ordered_readings(readings)
+        ordered = (sorted_frame.collect(engine="in-memory").lazy(), keys)
+    sorted_frame, keys = ordered
+    if intervals is None:
+        # Read twice below (the rolling median and the rules' frame): materialised once.
+        interval_plan, _ = intervals_litres(readings, meters, params=rules.register, ordered=ordered)
+        intervals = interval_plan.collect(engine="in-memory").lazy()
     ts, prev_ts, use = pl.col("ts"), pl.col("prev_ts"), pl.col("use_l")
     in_period = (ts > start) & (ts <= end)
     new_series = pl.col("meter_id") != pl.col("meter_id").shift(1)
@@ -255,20 +307,19 @@ def validate(
     # One global rolling window over (series, time) keys spaced far apart: much faster than `.over()`.
     order_key = series_index * 10_000_000_000 + ts.dt.epoch("s")
     moving = use.is_null() | (use != 0) | prev_ts.is_null()
-    base = frame.with_columns(
+    columns = ["meter_id", "ts", "value_l", "prev_ts", "prev_value_l", "use_l", "kind", "modulus_l"]
+    base = intervals.select(
+        *columns,
         in_period.alias("in_period"),
         elapsed.alias("elapsed_us"),
         rate.alias("rate_l"),
-        order_key.alias("order_key"),
         moving.alias("moving"),
     )
     needs_history = {"spike", "stuck_register"} & enabled
     if needs_history:
-        base = base.with_columns(
-            pl.col("rate_l")
-            .rolling_median_by("order_key", window_size=window, min_samples=rules.spike_min_history, closed="left")
-            .alias("median_l"),
-        )
+        keyed = intervals.select("meter_id", rate.alias("rate_l"), order_key.alias("order_key"))
+        median = _rolling_median(keyed.collect(engine="in-memory"), window, rules.spike_min_history)
+        base = base.with_columns(median.alias("median_l"))
     # Runs of zero use: the last reading at which the register moved (a series' first reading counts).
     last_move = pl.when(pl.col("moving")).then(ts).forward_fill()
     continues = (pl.col("meter_id") == pl.col("meter_id").shift(-1)) & ~pl.col("moving").shift(-1)
@@ -303,28 +354,36 @@ def validate(
             )
         )
     if "spike" in enabled:
+        # Candidates against the lowest threshold of any usage type (the factor that gives the lowest product
+        # for the median's sign), then the exact test with the meter's own parameters.
+        factors = _effective(rules, "spike_factor")
+        floor = _least(rules, "spike_floor_l") if None not in _effective(rules, "spike_floor_l") else None
+        low_factor = pl.when(pl.col("median_l") >= 0).then(pl.lit(min(factors))).otherwise(pl.lit(max(factors)))
+        loose = pl.max_horizontal((pl.col("median_l") * low_factor).round(0), pl.lit(floor, dtype=pl.Float64))
         threshold = pl.max_horizontal(
             (pl.col("median_l") * pl.col("spike_factor")).round(0), pl.col("spike_floor_l").cast(pl.Float64)
         )
+        candidates = period.filter(pl.col("median_l").is_not_null() & (pl.col("rate_l") > loose))
         parts.append(
-            period.with_columns(threshold.alias("spike_threshold_l"))
-            .filter(pl.col("median_l").is_not_null() & (pl.col("rate_l") > pl.col("spike_threshold_l")))
+            _with_params(candidates, params, "spike_factor", "spike_floor_l")
+            .with_columns(threshold.alias("spike_threshold_l"))
+            .filter(pl.col("rate_l") > pl.col("spike_threshold_l"))
             .select(_flag("spike", prev_ts, ts, pl.col("rate_l"), pl.col("spike_threshold_l"), "m3/day"))
         )
     run_us = (ts - pl.col("run_from")).dt.total_microseconds()
     if "zero_use" in enabled:
+        ends = _with_params(period.filter(pl.col("run_end")), params, "occupied", "zero_use_us")
         parts.append(
-            period.filter(pl.col("run_end") & pl.col("occupied") & (run_us >= pl.col("zero_use_us"))).select(
+            ends.filter(pl.col("occupied") & (run_us >= pl.col("zero_use_us"))).select(
                 _flag(
                     "zero_use", pl.col("run_from"), ts, _days_milli(run_us), _days_milli(pl.col("zero_use_us")), "days"
                 )
             )
         )
     if "stuck_register" in enabled:
+        ends = _with_params(period.filter(pl.col("run_end")), params, "stuck_us", "stuck_typical_l")
         parts.append(
-            period.filter(
-                pl.col("run_end") & (run_us >= pl.col("stuck_us")) & (pl.col("typical_l") >= pl.col("stuck_typical_l"))
-            ).select(
+            ends.filter((run_us >= pl.col("stuck_us")) & (pl.col("typical_l") >= pl.col("stuck_typical_l"))).select(
                 _flag(
                     "stuck_register",
                     pl.col("run_from"),
@@ -336,8 +395,11 @@ def validate(
             )
         )
     if "gap" in enabled:
+        candidates = period.filter(pl.col("elapsed_us") > _least(rules, "max_gap_us"))
         parts.append(
-            period.filter(pl.col("elapsed_us") > pl.col("max_gap_us")).select(
+            _with_params(candidates, params, "max_gap_us")
+            .filter(pl.col("elapsed_us") > pl.col("max_gap_us"))
+            .select(
                 _flag(
                     "gap", prev_ts, ts, _hours_milli(pl.col("elapsed_us")), _hours_milli(pl.col("max_gap_us")), "hours"
                 )
@@ -365,10 +427,11 @@ def validate(
             ts_utc("closed_from", valve_schema["closed_from"]).alias("closed_from"),
             ts_utc("closed_to", valve_schema["closed_to"]).alias("closed_to"),
         )
+        inside = (prev_ts >= pl.col("closed_from")) & (pl.col("closed_to").is_null() | (ts <= pl.col("closed_to")))
+        candidates = period.join(closed, on="meter_id", how="inner").filter(inside)
         parts.append(
-            period.filter(use > pl.col("valve_tolerance_l"))
-            .join(closed, on="meter_id", how="inner")
-            .filter((prev_ts >= pl.col("closed_from")) & (pl.col("closed_to").is_null() | (ts <= pl.col("closed_to"))))
+            _with_params(candidates, params, "valve_tolerance_l")
+            .filter(use > pl.col("valve_tolerance_l"))
             .select(_flag("valve_closed_use", prev_ts, ts, use, pl.col("valve_tolerance_l"), "m3"))
         )
     per_meter = _per_meter_rules(base, params, rules, start, end, until)

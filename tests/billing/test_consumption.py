@@ -1,16 +1,20 @@
 """Consumption from cumulative registers: rollover, replacement, resets, duplicates, missing days."""
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
 from billing.consumption import (
+    _series,
+    _sorted_by_columns,
     daily_consumption,
     duplicate_conflicts,
     interval_consumption,
+    ordered_readings,
     period_consumption,
 )
 from tests.billing.helpers import VOLUME, daily, day, meters, readings
@@ -197,3 +201,39 @@ def test_period_total_is_the_sum_of_its_parts_whatever_the_order_and_duplication
     first, second = _total(noisy, start, middle), _total(noisy, middle, end)
     for meter_id, total in whole.items():
         assert first.get(meter_id, Decimal(0)) + second.get(meter_id, Decimal(0)) == total
+
+
+@st.composite
+def _deliveries(draw: st.DrawFn) -> pl.LazyFrame:
+    """Readings of a few meters with many (meter, ts) delivered twice or more: settlement and telemetry, with
+    and without a delivery time, equal and different values; whole seconds or not."""
+    meter_ids = draw(st.lists(st.sampled_from([1, 2, 7, 2**40]), min_size=1, max_size=3, unique=True))
+    sub_second = draw(st.booleans())
+    rows = []
+    for _ in range(draw(st.integers(1, 40))):
+        seconds = draw(st.integers(0, 12)) * 21_600  # few instants: (meter, ts) often delivered twice
+        micros = draw(st.sampled_from([0, 1, 500_000])) if sub_second else 0
+        rows.append(
+            {
+                "meter_id": draw(st.sampled_from(meter_ids)),
+                "ts": day(0) + timedelta(seconds=seconds, microseconds=micros),
+                "value_l": draw(st.integers(0, 5)),
+                "source": draw(st.sampled_from(["telemetry", "assignment"])),
+                "received_at": draw(st.one_of(st.none(), st.integers(0, 3).map(day))),
+            }
+        )
+    rows += draw(st.lists(st.sampled_from(rows), max_size=10))
+    return pl.LazyFrame(
+        rows, schema_overrides={"ts": pl.Datetime("us", "UTC"), "received_at": pl.Datetime("us", "UTC")}
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(frame=_deliveries())
+def test_the_one_key_sort_orders_and_marks_duplicates_as_the_column_sort(frame: pl.LazyFrame) -> None:
+    # ordered_readings packs (meter, ts) into one sort key and orders only the ties by the tie-break columns;
+    # it must give exactly what sorting by all the columns gives (the meter 2**40 forces the column sort).
+    series, keys = _series(frame, None)
+    fast = ordered_readings(frame)[0].collect()
+    reference = _sorted_by_columns(series, keys).collect()
+    assert_frame_equal(fast, reference)

@@ -1,11 +1,16 @@
 """Validation rules, each with a hand-computed case, and the rule set as data."""
 
+from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal, assert_series_equal
 
-from billing.validation import FLAG_SCHEMA, RULE_IDS, RuleSet, rejected_readings, validate
+from billing.validation import FLAG_SCHEMA, RULE_IDS, RuleSet, _rolling_median, rejected_readings, validate
 from tests.billing.helpers import daily, day, meters, readings
 
 METER = meters((1, "99999.999"))
@@ -201,3 +206,78 @@ def test_rule_set_from_toml_inherits_defaults_and_rejects_unknown_keys() -> None
         RuleSet.from_mapping({})
     with pytest.raises(ValueError, match="no_such_rule"):
         RuleSet.from_mapping({"rule_set_version": "x", "enabled": ["no_such_rule"]})
+
+
+TYPES = {
+    "a": {"spike_factor": 2.0, "spike_floor_m3_per_day": "0.500", "max_gap_hours": 30, "zero_use_days": 3},
+    "b": {"spike_factor": 4.5, "max_gap_hours": 100, "stuck_days": 2, "valve_closed_tolerance_m3": "2"},
+}
+
+
+@st.composite
+def _fleet(draw: st.DrawFn) -> tuple[list[tuple[int, datetime, str]], list[str | None]]:
+    """Six meters of usage types a, b, none or unknown with spikes, flat runs, small drops and gaps."""
+    rows: list[tuple[int, datetime, str]] = []
+    kinds: list[str | None] = []
+    for meter_id in range(1, 7):
+        kinds.append(draw(st.sampled_from(["a", "b", None, "c"])))
+        value, t = draw(st.integers(0, 50_000)), 0.0
+        for _ in range(draw(st.integers(0, 40))):
+            rows.append((meter_id, day(t), f"{Decimal(value) / 1000:.3f}"))
+            value = max(0, value + draw(st.sampled_from([0, 0, 300, 1000, 1200, 9000, -200])))
+            t += draw(st.sampled_from([0.5, 1, 1, 1, 2.5]))
+    return rows, kinds
+
+
+@settings(max_examples=60, deadline=None)
+@given(fleet=_fleet())
+def test_flags_with_parameters_per_usage_type_are_those_of_each_type_alone(
+    fleet: tuple[list[tuple[int, datetime, str]], list[str | None]],
+) -> None:
+    # validate() screens candidates against the loosest threshold of any usage type and then applies each
+    # meter's own parameters; validating each type's meters on their own (uniform parameters) must agree.
+    rows, kinds = fleet
+    rules = RuleSet.from_mapping(
+        {"rule_set_version": "test-1", "default": {"zero_use_days": 5, "high_m3_per_period": 20}, "usage_types": TYPES}
+    )
+    fleet_meters = meters(*[(m, "99999.999") for m in range(1, 7)], usage_type=kinds)
+    valve = pl.LazyFrame(
+        {"meter_id": [1, 2, 3, 4, 5, 6], "closed_from": [day(12)] * 6, "closed_to": [day(20), None] * 3},
+        schema_overrides={"closed_from": pl.Datetime("us", "UTC"), "closed_to": pl.Datetime("us", "UTC")},
+    )
+    options: dict[str, Any] = {"period_start": day(10), "period_end": day(30), "now": day(31), "valve_states": valve}
+    together = validate(readings(rows), fleet_meters, rules, **options).collect()
+    alone = []
+    for kind in ("a", "b", None, "c"):
+        ids = [m for m, k in zip(range(1, 7), kinds, strict=True) if k == kind]
+        if not ids:
+            continue
+        uniform = RuleSet(rule_set_version="test-1", default=rules.usage_types.get(str(kind), rules.default))
+        subset = [r for r in rows if r[0] in ids]
+        typed = meters(*[(m, "99999.999") for m in ids], usage_type=[kind] * len(ids))
+        alone.append(validate(readings(subset), typed, uniform, **options).collect())
+    columns = together.columns
+    assert_frame_equal(together.sort(columns), pl.concat(alone).sort(columns))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    uses=st.lists(st.tuples(st.integers(1, 5), st.integers(1, 3), st.integers(-50, 3000)), min_size=1, max_size=300),
+    parts=st.integers(1, 7),
+)
+def test_the_rolling_median_in_parts_is_the_median_in_one_piece(uses: list[tuple[int, int, int]], parts: int) -> None:
+    # Rows of up to five meters (sorted by meter, keys far apart between meters as validate() makes them), cut
+    # into parts at meter boundaries and computed at once: exactly the one-piece rolling median.
+    rows = sorted(uses, key=lambda u: u[0])
+    meter_ids = [r[0] for r in rows]
+    keys, t = [], 0
+    for i, (meter_id, step, _) in enumerate(rows):
+        t = step * 86_400 if i == 0 or meter_ids[i - 1] != meter_id else t + step * 86_400
+        keys.append(meter_id * 10_000_000_000 + t)
+    frame = pl.DataFrame(
+        {"meter_id": meter_ids, "rate_l": [float(r[2]) for r in rows], "order_key": keys},
+        schema_overrides={"meter_id": pl.Int64},
+    )
+    median = pl.col("rate_l").rolling_median_by("order_key", window_size="777600i", min_samples=3, closed="left")
+    whole = frame.select(median).to_series()
+    assert_series_equal(_rolling_median(frame, "777600i", 3, parts), whole)
