@@ -7,6 +7,10 @@ accounts, meters and one month of approved readings server-side with generate_se
 residential tariff with a household rule and a monthly meter rental; 5 % of the accounts with a commercial
 quota, 一表多价), runs `billing.bill_run.run_bills` once (load / compute / write split as the run reports it)
 and once more (idempotent re-run), and times the same pricing in pandas on the same loaded inputs.
+
+The machine may be shared: the report gives the load average before and after the run, and the CPU seconds
+the run took in this process (Python, polars) and in the database's server processes (PostgreSQL on this
+host: read from /proc), which other work on the machine slows down less than it slows the wall clock.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import argparse
 import datetime as dt
 import io
 import json
+import os
 import platform
+import resource
 import sys
 import time
 import uuid
@@ -148,6 +154,25 @@ def pandas_pricing(store: Store) -> tuple[float, float, int]:
     return loaded, time.perf_counter() - clock, int(totals.sum())
 
 
+def process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def server_cpu(store: Store) -> dict[int, float]:
+    """CPU seconds of each server process connected to the benchmark database (a server on this host)."""
+    with store.connection() as conn:
+        pids = [row[0] for row in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")]
+    seconds: dict[int, float] = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--accounts", type=int, default=1_000_000)
@@ -167,9 +192,15 @@ def main() -> None:
             store.migrate()
             seeded = seed(store, args.accounts)
             pandas_load, pandas_compute, pandas_fen = pandas_pricing(store)
+            load_before = os.getloadavg()
+            server_before, python_before = server_cpu(store), process_cpu()
             clock = time.perf_counter()
             result = run_bills(store, PERIOD, actor="bench", issued_on=dt.date(2024, 4, 1))
             total = time.perf_counter() - clock
+            python_cpu = process_cpu() - python_before
+            server_after = server_cpu(store)
+            postgres_cpu = sum(cpu - server_before.get(pid, 0.0) for pid, cpu in server_after.items())
+            load_after = os.getloadavg()
             clock = time.perf_counter()
             again = run_bills(store, PERIOD, actor="bench", issued_on=dt.date(2024, 4, 1))
             rerun = time.perf_counter() - clock
@@ -195,6 +226,10 @@ def main() -> None:
         "amount": str(counts[3]),
         "run_total_s": round(total, 2),
         **{f"run_{k}_s": round(v, 2) for k, v in result.seconds.items()},
+        "run_cpu_python_s": round(python_cpu, 2),
+        "run_cpu_postgres_s": round(postgres_cpu, 2),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in load_after],
         "rerun_s": round(rerun, 2),
         "rerun_created": again.bills_created,
         "pandas_load_s": round(pandas_load, 2),

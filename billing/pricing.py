@@ -3,17 +3,19 @@
 Bill items (one row per account and usage type for the bill; several rows when an account's bill is cut,
 e.g. at a switch between fixed and tiered billing):
 - `account_id`; `usage_type`; `period_start`, `period_end` (Date, end exclusive) or `period` ("YYYY-MM");
-- `consumption_m3` (Decimal, at most 3 decimals);
+- `consumption_m3` (Decimal, at most 3 decimals), or `consumption_l` (Int64 litres);
 - optional: `household_size` (Int, null = no adjustment), `cycle_used_m3` (Decimal, default 0: m3 of this
-  usage type already billed in the tier cycle that holds the account's bill start), `billing_mode`
+  usage type already billed in the tier cycle that holds the account's bill start; or `cycle_used_l` in
+  litres), `billing_mode`
   ("fixed" | "tiered", default "tiered"), `main_usage_type` (default `usage_type`: whose tariff supplies the
   bill's fixed charges and minimum charge; 一表多价 items get it from `split_by_quotas`).
 
 How an item is priced:
 1. It is cut into segments at tier-cycle starts and price changes. Its consumption is spread over the
-   segments in proportion to their days, or (`price_change_split="readings"`) to the dated consumption
-   the caller passes (`dated`: `account_id`, `day`, `consumption_m3`), falling back to days when an item
-   has no dated consumption. Shares are floored cumulatively in litres, so they add up exactly.
+   segments in proportion to their days, or (`price_change_split="readings"`, set per tariff or for the
+   run in `PricingConfig`) to the dated consumption the caller passes (`dated`: `account_id`, `day`,
+   `consumption_m3`), falling back to days when an item has no dated consumption. Shares are floored
+   cumulatively in litres, so they add up exactly.
 2. Tier counting is cumulative per account, usage type and cycle: a segment starts where the earlier ones
    left off, beginning at `cycle_used_m3`; a new cycle starts at zero. Fixed-mode consumption counts too.
 3. Each segment is clipped against the (household-adjusted) tier bounds of its price period; the first
@@ -24,13 +26,20 @@ How an item is priced:
 Per bill (account): fixed charges of the main usage type's price period in effect on the bill's last day,
 once per calendar month started in the bill period; a `minimum_topup` line when the energy amount is below
 that period's minimum charge.
+
+Fast path: an item that is the only one of its account and usage type, lies inside one price period and
+one tier cycle is a single segment whose tiers start at its `cycle_used_m3`; such items (nearly all of a
+monthly bill run) skip the cutting, the running sums and the grouping of steps 1, 2 and 4, which cannot
+change anything for them. `fast_path=False` prices every item the general way (tests compare the two).
+Everything is computed in integers (litres, 1e-4 yuan, fen); `price_integers` returns the lines in those
+units, `price_lazy` and `price_bills` in Decimal m3 and yuan.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import polars as pl
 
@@ -43,12 +52,12 @@ from billing.rounding import (
     price_units_to_price,
     raw_to_fen,
 )
-from billing.tariff import BILLING_MODES, Tariff, TariffFrames, tariff_frames
+from billing.tariff import BILLING_MODES, SPLIT_MODES, SplitMode, Tariff, TariffFrames, tariff_frames
 
 FAR_FUTURE = dt.date(9999, 12, 31)
 OPEN_LITRES = 10**15  # an open tier bound, far beyond any consumption
 LINE_KIND = pl.Enum(["energy", "fixed_charge", "minimum_topup"])
-SPLIT_MODES = ("days", "readings")
+LINE_ORDER = ["account_id", "line_kind", "usage_type", "price_period_start", "tier_no", "charge_code"]
 
 
 class PricingError(ValueError):
@@ -62,9 +71,10 @@ class PricingError(ValueError):
 
 @dataclass(frozen=True)
 class PricingConfig:
-    """How a price change or cycle start inside an item splits it, and how money is rounded."""
+    """How a price change or cycle start inside an item splits it (for tariffs that do not say), and how
+    money is rounded."""
 
-    price_change_split: Literal["days", "readings"] = "days"
+    price_change_split: SplitMode = "days"
     rounding: RoundingMode = RoundingMode.HALF_UP
 
     def __post_init__(self) -> None:
@@ -90,6 +100,22 @@ class LazyBill(NamedTuple):
 
     lines: pl.LazyFrame
     totals: pl.LazyFrame
+    problems: pl.LazyFrame
+
+
+class IntegerBill(NamedTuple):
+    """Lazy plans of priced bills in integer units.
+
+    - lines: account_id, line_kind, usage_type, charge_code, tier_no, price_period_start, volume_l (null for
+      charges), price_units (1e-4 yuan per m3, or per month for fixed charges), amount_fen; in line order
+      (`LINE_ORDER`, nulls last)
+    - accounts: account_id, bill_start, bill_end, usage_type (the main one), amount_fen, volume_l (every
+      account of the items, even with no lines)
+    - problems: account_id, usage_type, reason
+    """
+
+    lines: pl.LazyFrame
+    accounts: pl.LazyFrame
     problems: pl.LazyFrame
 
 
@@ -212,24 +238,36 @@ def with_stable_index(frame: pl.LazyFrame, name: str) -> pl.LazyFrame:
 
 
 def prepare_items(items: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
-    """Items with defaults filled, an `item_id`, and volumes in integer litres."""
+    """Items with defaults filled, an `item_id`, and volumes in integer litres; sorted by account, usage
+    type, main usage type, period start, … (the fast path relies on the first two)."""
     frame = items.lazy()
     schema = frame.collect_schema()
     if "period_start" not in schema and "period" in schema:
         start = pl.concat_str(pl.col("period"), pl.lit("-01")).str.to_date("%Y-%m-%d")
         frame = frame.with_columns(period_start=start, period_end=start.dt.offset_by("1mo"))
         schema = frame.collect_schema()
-    missing = {"account_id", "usage_type", "period_start", "period_end", "consumption_m3"} - set(schema)
+    litres = {name: f"{name[:-3]}_l" for name in ("consumption_m3", "cycle_used_m3")}
+    missing = {"account_id", "usage_type", "period_start", "period_end"} - set(schema)
+    if "consumption_m3" not in schema and "consumption_l" not in schema:
+        missing.add("consumption_m3")
     if missing:
         raise ValueError(f"bill items lack columns {sorted(missing)}")
-    for name in ("consumption_m3", "cycle_used_m3"):
+    for name in litres:
         dtype = schema.get(name)
         exact = dtype is None or dtype.is_integer() or (isinstance(dtype, pl.Decimal) and (dtype.scale or 0) <= 3)
         if not exact:
             raise ValueError(f"{name} must be Decimal with at most 3 decimals (or integer), not {dtype}")
+    for name, litre_name in litres.items():
+        if litre_name in schema:
+            if not schema[litre_name].is_integer():
+                raise ValueError(f"{litre_name} must be an integer number of litres, not {schema[litre_name]}")
+            frame = frame.with_columns(pl.col(litre_name).cast(pl.Int64))
+        elif name in schema:
+            frame = frame.with_columns(m3_to_litres(pl.col(name)).alias(litre_name))
+    schema = frame.collect_schema()
     defaults = {
         "household_size": pl.lit(None, pl.Int32),
-        "cycle_used_m3": pl.lit(0),
+        "cycle_used_l": pl.lit(0, pl.Int64),
         "billing_mode": pl.lit("tiered"),
         "main_usage_type": pl.col("usage_type"),
     }
@@ -240,16 +278,19 @@ def prepare_items(items: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
         pl.col("main_usage_type").cast(pl.String),
         pl.col("period_start").cast(pl.Date),
         pl.col("period_end").cast(pl.Date),
-        m3_to_litres(pl.col("consumption_m3")).alias("consumption_l"),
-        m3_to_litres(pl.col("cycle_used_m3")).fill_null(0).alias("cycle_used_l"),
+        "consumption_l",
+        pl.col("cycle_used_l").fill_null(0),
         pl.col("household_size").cast(pl.Int64),
         pl.col("billing_mode").cast(pl.String),
     )
     # segments, bill spans and problems are separate branches that join back on item_id
-    return with_stable_index(prepared, "item_id")
+    # polars groups a column it knows to be sorted far faster: account_id leads the sort
+    return with_stable_index(prepared, "item_id").with_columns(pl.col("account_id").set_sorted())
 
 
-def _item_problems(items: pl.LazyFrame, covered: pl.LazyFrame) -> pl.LazyFrame:
+def _item_problems(items: pl.LazyFrame, general: pl.LazyFrame, covered: pl.LazyFrame) -> pl.LazyFrame:
+    """Why items cannot be priced: `items` all of them, `general` those priced the general way and `covered`
+    the days their segments cover (an item of the fast path is covered whole by its price period)."""
     days = (pl.col("period_end") - pl.col("period_start")).dt.total_days()
     reason = (
         pl.when(pl.col("period_start").is_null() | pl.col("period_end").is_null() | (days <= 0))
@@ -262,21 +303,21 @@ def _item_problems(items: pl.LazyFrame, covered: pl.LazyFrame) -> pl.LazyFrame:
         .then(pl.lit("negative household_size"))
         .when(~pl.col("billing_mode").is_in(BILLING_MODES))
         .then(pl.lit("unknown billing_mode"))
-        .when(pl.col("covered_days").fill_null(0) != days)
-        .then(pl.lit("no tariff or price period for part of the bill period"))
     )
-    return (
-        items.join(covered, on="item_id", how="left")
-        .select("account_id", "usage_type", reason.alias("reason"))
-        .filter(pl.col("reason").is_not_null())
+    uncovered = (
+        general.join(covered, on="item_id", how="left")
+        .filter(reason.is_null() & (pl.col("covered_days").fill_null(0) != days))
+        .select(
+            "account_id", "usage_type", pl.lit("no tariff or price period for part of the bill period").alias("reason")
+        )
     )
+    found = items.select("account_id", "usage_type", reason.alias("reason")).filter(pl.col("reason").is_not_null())
+    return pl.concat([found, uncovered])
 
 
-def _segments(
-    items: pl.LazyFrame, frames: TariffFrames, config: PricingConfig, dated: pl.LazyFrame | None
-) -> pl.LazyFrame:
-    """Items cut at cycle starts and price changes, with each segment's volume and tier offset in litres."""
-    tariffs = frames.tariffs.select(
+def _tariff_columns(frames: TariffFrames, config: PricingConfig) -> pl.LazyFrame:
+    """Per usage type: tier cycle, household rule in integer units, and how a cut item is split."""
+    return frames.tariffs.select(
         "usage_type",
         pl.col("cycle").cast(pl.String),
         "cycle_month",
@@ -285,8 +326,20 @@ def _segments(
         m3_to_litres(pl.col("household_add_m3")).alias("household_add_l"),
         (pl.col("household_factor") * PRICE_UNITS_PER_YUAN).cast(pl.Int64).alias("household_factor_bp"),
         "household_max_extra",
+        pl.col("price_change_split").fill_null(pl.lit(config.price_change_split)).alias("split"),
     )
-    periods = frames.periods.select("usage_type", "effective_from", pl.col("effective_to").fill_null(FAR_FUTURE))
+
+
+def _periods(frames: TariffFrames) -> pl.LazyFrame:
+    return frames.periods.select("usage_type", "effective_from", pl.col("effective_to").fill_null(FAR_FUTURE))
+
+
+def _segments(
+    items: pl.LazyFrame, frames: TariffFrames, config: PricingConfig, dated: pl.LazyFrame | None
+) -> pl.LazyFrame:
+    """Items cut at cycle starts and price changes, with each segment's volume and tier offset in litres."""
+    tariffs = _tariff_columns(frames, config)
+    periods = _periods(frames)
     cycle = pl.col("cycle")
     bill_start = pl.col("bill_start")
     by_cycle = (
@@ -322,14 +375,15 @@ def _segments(
         .with_columns(days=(pl.col("seg_end") - pl.col("seg_start")).dt.total_days())
     )
     weight = pl.col("days")
-    if config.price_change_split == "readings" and dated is not None:
+    if dated is not None:
         daily = dated.lazy().select(
             "account_id",
             pl.col("day").cast(pl.Date),
             m3_to_litres(pl.col("consumption_m3")).clip(lower_bound=0).alias("dated_l"),
         )
         dated_by_segment = (
-            segments.select("item_id", "account_id", "seg_start", "seg_end")
+            segments.filter(pl.col("split") == "readings")
+            .select("item_id", "account_id", "seg_start", "seg_end")
             .join(daily, on="account_id", how="inner")
             .filter((pl.col("day") >= pl.col("seg_start")) & (pl.col("day") < pl.col("seg_end")))
             .group_by("item_id", "seg_start")
@@ -358,8 +412,84 @@ def _segments(
     )
 
 
-def _energy_lines(segments: pl.LazyFrame, frames: TariffFrames, config: PricingConfig) -> pl.LazyFrame:
-    """Energy lines in integers: volume_l, price_units, amount_fen."""
+def _in_one_cycle() -> pl.Expr:
+    """Whether an item's first and last day lie in one tier cycle (columns of `_tariff_columns`): the same as
+    comparing `cycle_start_of` of both days, in integer arithmetic."""
+
+    def index(day: pl.Expr) -> pl.Expr:
+        year, month = day.dt.year().cast(pl.Int32), day.dt.month().cast(pl.Int32)
+        month_day = month * 100 + day.dt.day().cast(pl.Int32)
+        anchor = pl.col("cycle_month").cast(pl.Int32) * 100 + pl.col("cycle_day").cast(pl.Int32)
+        return pl.when(pl.col("cycle") == "month").then(year * 12 + month).otherwise(year - (month_day < anchor))
+
+    last_day = pl.col("period_end").dt.offset_by("-1d")
+    return (pl.col("cycle") == "bill") | (index(pl.col("period_start")) == index(last_day))
+
+
+def _single_segments(items: pl.LazyFrame, frames: TariffFrames, config: PricingConfig) -> pl.LazyFrame:
+    """The fast path's items (see the module docstring) as the segments `_segments` would make of them.
+
+    `items` must be sorted by account and usage type (`prepare_items` does). An item that is the only one of
+    its account and usage type starts its bill there, so its tiers start at its `cycle_used_l` unless the
+    cycle is the bill; one segment takes the whole consumption whatever the split.
+    """
+    only = run_start("account_id", "usage_type") & run_end("account_id", "usage_type")
+    cycle = pl.col("cycle")
+    return (
+        items.with_columns(_only=only)
+        .filter(pl.col("_only"))
+        .join(_tariff_columns(frames, config), on="usage_type", how="inner")
+        .filter(_in_one_cycle())
+        .join(_periods(frames), on="usage_type", how="inner")
+        .filter((pl.col("effective_from") <= pl.col("period_start")) & (pl.col("effective_to") >= pl.col("period_end")))
+        .select(
+            "item_id",
+            "account_id",
+            "usage_type",
+            "billing_mode",
+            "household_size",
+            "household_base",
+            "household_add_l",
+            "household_factor_bp",
+            "household_max_extra",
+            pl.col("effective_from").alias("price_period_start"),
+            (pl.col("period_end") - pl.col("period_start")).dt.total_days().alias("days"),
+            pl.col("consumption_l").alias("volume_l"),
+            pl.when(cycle != "bill").then(pl.col("cycle_used_l")).otherwise(0).alias("offset_l"),
+        )
+    )
+
+
+def items_split_by_readings(
+    items: pl.LazyFrame | pl.DataFrame, tariffs: TariffFrames | list[Tariff], config: PricingConfig | None = None
+) -> pl.LazyFrame:
+    """`account_id` of the accounts with an item that a price change or cycle start cuts and whose tariff splits
+    it by readings: those whose dated consumption the pricing would use."""
+    config = config or PricingConfig()
+    frames = tariffs if isinstance(tariffs, TariffFrames) else tariff_frames(tariffs)
+    candidates = (
+        items.lazy()
+        .select("account_id", pl.col("usage_type").cast(pl.String), "period_start", "period_end")
+        .with_row_index("_item")
+        .join(_tariff_columns(frames, config).filter(pl.col("split") == "readings"), on="usage_type", how="inner")
+    )
+    whole = (
+        candidates.filter(_in_one_cycle())
+        .join(_periods(frames), on="usage_type", how="inner")
+        .filter((pl.col("effective_from") <= pl.col("period_start")) & (pl.col("effective_to") >= pl.col("period_end")))
+        .select("_item")
+    )
+    return candidates.join(whole, on="_item", how="anti").select("account_id").unique()
+
+
+def _energy_lines(
+    segments: pl.LazyFrame, frames: TariffFrames, config: PricingConfig, *, grouped: bool = True
+) -> pl.LazyFrame:
+    """Energy lines in integers: volume_l, price_units, amount_fen.
+
+    `grouped=False` is for segments that are alone with their account, usage type and price period (the
+    fast path's): each of their tier rows is a line of its own already.
+    """
     tiers = frames.tiers.select(
         "usage_type",
         pl.col("billing_mode").cast(pl.String),
@@ -384,18 +514,21 @@ def _energy_lines(segments: pl.LazyFrame, frames: TariffFrames, config: PricingC
     upper = pl.when(pl.col("upper_l").is_null()).then(OPEN_LITRES).otherwise(bound("upper_l"))
     volume = tier_volume(pl.col("offset_l"), pl.col("volume_l"), lower, upper)
     keys = ["account_id", "usage_type", "price_period_start", "tier_no", "price_units"]
-    return (
+    tier_rows = (
         segments.join(tiers, on=["usage_type", "billing_mode", "price_period_start"], how="inner")
         .select(*keys, volume.alias("tier_l"))
         .filter(pl.col("tier_l") != 0)
-        .group_by(keys)
-        .agg(
+    )
+    if grouped:
+        lines = tier_rows.group_by(keys).agg(
             pl.col("tier_l").sum().alias("volume_l"),
             (pl.col("tier_l") * pl.col("price_units")).sum().alias("raw"),
         )
-        .with_columns(amount_fen=raw_to_fen(pl.col("raw"), config.rounding))
-        .drop("raw")
-    )
+    else:
+        lines = tier_rows.select(
+            *keys, pl.col("tier_l").alias("volume_l"), (pl.col("tier_l") * pl.col("price_units")).alias("raw")
+        )
+    return lines.with_columns(amount_fen=raw_to_fen(pl.col("raw"), config.rounding)).drop("raw")
 
 
 def _accounts(items: pl.LazyFrame, frames: TariffFrames) -> pl.LazyFrame:
@@ -421,24 +554,34 @@ def _accounts(items: pl.LazyFrame, frames: TariffFrames) -> pl.LazyFrame:
     )
 
 
-def price_lazy(
+def price_integers(
     items: pl.LazyFrame | pl.DataFrame,
     tariffs: TariffFrames | list[Tariff],
     config: PricingConfig | None = None,
     dated: pl.LazyFrame | pl.DataFrame | None = None,
-) -> LazyBill:
-    """The lazy plans of `price_bills`."""
+    *,
+    fast_path: bool = True,
+) -> IntegerBill:
+    """The lazy plans of priced bills in integer units (see `IntegerBill` and the module docstring)."""
     config = config or PricingConfig()
     frames = tariffs if isinstance(tariffs, TariffFrames) else tariff_frames(tariffs)
-    prepared = prepare_items(items)
+    # cached: lines, accounts and problems share these plans, which otherwise run once per output
+    prepared = prepare_items(items).cache()
     valid = prepared.filter(
         (pl.col("period_end") > pl.col("period_start"))
         & pl.col("consumption_l").is_not_null()
         & pl.col("billing_mode").is_in(BILLING_MODES)
     )
-    # cached: lines, totals and problems share these plans, which otherwise run once per output
-    segments = _segments(valid, frames, config, None if dated is None else dated.lazy()).cache()
-    energy = _energy_lines(segments, frames, config).cache()
+    general = valid
+    if fast_path:
+        single = _single_segments(valid, frames, config).cache()
+        general = valid.join(single.select("item_id"), on="item_id", how="anti").cache()
+    segments = _segments(general, frames, config, None if dated is None else dated.lazy()).cache()
+    energy = _energy_lines(segments, frames, config)
+    covered = segments.group_by("item_id").agg(pl.col("days").sum().alias("covered_days"))
+    if fast_path:
+        energy = pl.concat([_energy_lines(single, frames, config, grouped=False), energy])
+    energy = energy.cache()
     accounts = _accounts(prepared, frames).cache()
 
     energy_fen = energy.group_by("account_id").agg(pl.col("amount_fen").sum().alias("energy_fen"))
@@ -473,46 +616,70 @@ def price_lazy(
         )
         .filter(pl.col("amount_fen") > 0)
     )
-    lines = pl.concat(
-        [
-            energy.with_columns(line_kind=pl.lit("energy", LINE_KIND)),
-            charges.with_columns(line_kind=pl.lit("fixed_charge", LINE_KIND)),
-            topups.with_columns(line_kind=pl.lit("minimum_topup", LINE_KIND)),
-        ],
-        how="diagonal_relaxed",
-    )
-    totals = (
-        accounts.select("account_id")
-        .join(
-            lines.group_by("account_id").agg(pl.col("amount_fen").sum(), pl.col("volume_l").sum()),
-            on="account_id",
-            how="left",
+    lines = (
+        pl.concat(
+            [
+                energy.with_columns(line_kind=pl.lit("energy", LINE_KIND)),
+                charges.with_columns(line_kind=pl.lit("fixed_charge", LINE_KIND)),
+                topups.with_columns(line_kind=pl.lit("minimum_topup", LINE_KIND)),
+            ],
+            how="diagonal_relaxed",
         )
         .select(
             "account_id",
-            fen_to_money(pl.col("amount_fen").fill_null(0)).alias("amount_total"),
-            litres_to_m3(pl.col("volume_l").fill_null(0)).alias("volume_total_m3"),
+            "line_kind",
+            "usage_type",
+            pl.col("charge_code").cast(pl.String),
+            pl.col("tier_no").cast(pl.Int32),
+            "price_period_start",
+            "volume_l",
+            "price_units",
+            "amount_fen",
         )
-        .sort("account_id")
+        .sort(LINE_ORDER, nulls_last=True)
     )
-    lines_out = lines.select(
+    sums = (
+        lines.with_columns(pl.col("account_id").set_sorted())
+        .group_by("account_id")
+        .agg(pl.col("amount_fen").sum(), pl.col("volume_l").sum())
+    )
+    bills = accounts.select("account_id", "bill_start", "bill_end", "usage_type").join(
+        sums, on="account_id", how="left"
+    )
+    main_problems = accounts.filter(pl.col("price_period_start").is_null()).select(
+        "account_id", "usage_type", pl.lit("no price period of the main usage type at the bill's end").alias("reason")
+    )
+    problems = pl.concat([_item_problems(prepared, general, covered), main_problems])
+    return IntegerBill(lines, bills.with_columns(pl.col("amount_fen", "volume_l").fill_null(0)), problems)
+
+
+def price_lazy(
+    items: pl.LazyFrame | pl.DataFrame,
+    tariffs: TariffFrames | list[Tariff],
+    config: PricingConfig | None = None,
+    dated: pl.LazyFrame | pl.DataFrame | None = None,
+    *,
+    fast_path: bool = True,
+) -> LazyBill:
+    """The lazy plans of `price_bills`."""
+    plan = price_integers(items, tariffs, config, dated, fast_path=fast_path)
+    lines = plan.lines.select(
         "account_id",
         "line_kind",
         "usage_type",
-        pl.col("charge_code").cast(pl.String),
-        pl.col("tier_no").cast(pl.Int32),
+        "charge_code",
+        "tier_no",
         "price_period_start",
         litres_to_m3(pl.col("volume_l")).alias("volume_m3"),
         price_units_to_price(pl.col("price_units")).alias("unit_price"),
         fen_to_money(pl.col("amount_fen")).alias("amount"),
-    ).sort("account_id", "line_kind", "usage_type", "price_period_start", "tier_no", "charge_code", nulls_last=True)
-
-    covered = segments.group_by("item_id").agg(pl.col("days").sum().alias("covered_days"))
-    main_problems = accounts.filter(pl.col("price_period_start").is_null()).select(
-        "account_id", "usage_type", pl.lit("no price period of the main usage type at the bill's end").alias("reason")
     )
-    problems = pl.concat([_item_problems(prepared, covered), main_problems])
-    return LazyBill(lines_out, totals, problems)
+    totals = plan.accounts.select(
+        "account_id",
+        fen_to_money(pl.col("amount_fen")).alias("amount_total"),
+        litres_to_m3(pl.col("volume_l")).alias("volume_total_m3"),
+    ).sort("account_id")
+    return LazyBill(lines, totals, plan.problems)
 
 
 def price_bills(
@@ -520,9 +687,11 @@ def price_bills(
     tariffs: TariffFrames | list[Tariff],
     config: PricingConfig | None = None,
     dated: pl.LazyFrame | pl.DataFrame | None = None,
+    *,
+    fast_path: bool = True,
 ) -> BillFrames:
     """Price bill items (see the module docstring); raises `PricingError` if any item cannot be priced."""
-    plan = price_lazy(items, tariffs, config, dated)
+    plan = price_lazy(items, tariffs, config, dated, fast_path=fast_path)
     lines, totals, problems = pl.collect_all([plan.lines, plan.totals, plan.problems])
     if problems.height:
         raise PricingError(problems)

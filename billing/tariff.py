@@ -5,6 +5,7 @@ Tariffs are frozen dataclasses loadable from plain mappings (JSON/TOML), for exa
     [residential]
     cycle = "calendar_year"            # calendar_year | annual | month | bill
     # cycle_start = "07-01"            # annual only: the cycle starts on this month-day each year
+    # price_change_split = "readings"  # days | readings; unset: the run's setting (PricingConfig, "days")
     household = { base_size = 4, add_m3_per_person = "100" }
 
     [[residential.periods]]
@@ -17,7 +18,10 @@ Tariffs are frozen dataclasses loadable from plain mappings (JSON/TOML), for exa
 A flat tariff gives `price = "4.20"` instead of `tiers`. Tier bounds are cumulative m3 per cycle; the last
 tier is open. Household rule: with `extra = min(household_size - base_size, max_extra_persons)` extra
 persons (never below 0), every tier bound becomes `bound * (1 + factor_per_person * extra)
-+ add_m3_per_person * extra`, floored to the litre.
++ add_m3_per_person * extra`, floored to the litre. `price_change_split` says how a bill item that a price
+change or a new cycle cuts is shared between its parts: in proportion to their days, or to the consumption
+the meter readings date into each part (see `billing.pricing`; an item without dated consumption is split
+by days).
 
 `tariff_frames` turns tariffs into the small polars frames the pricing engine joins against.
 """
@@ -36,8 +40,10 @@ from billing.rounding import MONEY, PRICE, VOLUME
 
 CycleKind = Literal["calendar_year", "annual", "month", "bill"]
 BillingMode = Literal["fixed", "tiered"]
+SplitMode = Literal["days", "readings"]
 CYCLE_KINDS: tuple[str, ...] = get_args(CycleKind)
 BILLING_MODES: tuple[str, ...] = get_args(BillingMode)
+SPLIT_MODES: tuple[str, ...] = get_args(SplitMode)
 FIXED_TIER_NO = 0  # the tier number of lines priced at the fixed (flat) price
 
 
@@ -181,10 +187,13 @@ class Tariff:
     periods: tuple[PricePeriod, ...]
     cycle: TierCycle = field(default_factory=TierCycle)
     household: HouseholdRule | None = None
+    price_change_split: SplitMode | None = None  # None: as the run says (PricingConfig.price_change_split)
 
     def __post_init__(self) -> None:
         if not self.usage_type:
             raise TariffError("usage_type must not be empty")
+        if self.price_change_split is not None and self.price_change_split not in SPLIT_MODES:
+            raise TariffError(f"price_change_split: expected one of {SPLIT_MODES}, got {self.price_change_split!r}")
         if not self.periods:
             raise TariffError(f"{self.usage_type}: no price periods")
         starts = [period.effective_from for period in self.periods]
@@ -218,7 +227,11 @@ class Tariff:
             )
         periods = tuple(_period(entry) for entry in mapping["periods"])
         return cls(
-            usage_type, tuple(sorted(periods, key=lambda p: p.effective_from)), TierCycle(kind, month, day), household
+            usage_type,
+            tuple(sorted(periods, key=lambda p: p.effective_from)),
+            TierCycle(kind, month, day),
+            household,
+            mapping.get("price_change_split"),
         )
 
 
@@ -259,7 +272,7 @@ class TariffFrames(NamedTuple):
     """Tariffs as polars frames; `effective_to` is exclusive and null for the current period.
 
     - tariffs: usage_type, cycle, cycle_month, cycle_day, household_base, household_add_m3,
-      household_factor, household_max_extra
+      household_factor, household_max_extra, price_change_split (null: the run's setting)
     - periods: usage_type, effective_from, effective_to, minimum_charge
     - tiers: usage_type, billing_mode, effective_from, effective_to, tier_no, lower_m3, upper_m3, price
       (billing_mode "fixed" has the single tier 0 at the flat price; upper_m3 null means open)
@@ -294,6 +307,7 @@ def tariff_frames(tariffs: Iterable[Tariff]) -> TariffFrames:
                 "household_add_m3": None if rule is None else rule.add_m3_per_person,
                 "household_factor": None if rule is None else rule.factor_per_person,
                 "household_max_extra": None if rule is None else rule.max_extra_persons,
+                "price_change_split": tariff.price_change_split,
             }
         )
         ends: list[dt.date | None] = [p.effective_from for p in tariff.periods[1:]]
@@ -341,6 +355,7 @@ def tariff_frames(tariffs: Iterable[Tariff]) -> TariffFrames:
                 "household_add_m3": VOLUME,
                 "household_factor": PRICE,
                 "household_max_extra": pl.Int32,
+                "price_change_split": pl.String,
             },
         ),
         periods=pl.LazyFrame(period_rows, schema={**span_schema, "minimum_charge": MONEY}),

@@ -5,10 +5,10 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -33,11 +33,15 @@ def test_an_error_after_part_of_the_copy_leaves_nothing(store: Store, monkeypatc
     _seed(store)
     original = bill_run.copy_rows
 
-    def failing(conn: Any, table: str, columns: Any, frame: pl.DataFrame) -> None:
-        if table == "ledger_entry":  # bills and lines are in, the ledger is half-written
-            original(conn, table, columns, frame.head(5))
-            raise OSError("connection lost")
-        original(conn, table, columns, frame)
+    def failing(conn: Any, table: str, columns: Any, data: Iterable[bytes]) -> None:
+        if table == "ledger_entry":  # bills and lines are in, the ledger is half-sent
+
+            def broken() -> Iterator[bytes]:
+                yield next(iter(data))
+                raise OSError("connection lost")
+
+            original(conn, table, columns, broken())
+        original(conn, table, columns, data)
 
     monkeypatch.setattr(bill_run, "copy_rows", failing)
     with pytest.raises(OSError, match="connection lost"):
@@ -60,8 +64,8 @@ def test_a_run_killed_mid_write_leaves_nothing(store: Store) -> None:
 
         original = bill_run.copy_rows
 
-        def slow(conn, table, columns, frame):
-            original(conn, table, columns, frame)
+        def slow(conn, table, columns, data):
+            original(conn, table, columns, data)
             if table == "bill":
                 print("bills written", flush=True)
                 time.sleep(60)

@@ -102,3 +102,15 @@ def test_half_up_differs_from_polars_decimal_round() -> None:
     assert pl.select(raw_to_fen(pl.lit(150_000, pl.Int64), RoundingMode.HALF_EVEN)).item() == 2
     assert pl.select(raw_to_fen(pl.lit(250_000, pl.Int64), RoundingMode.HALF_EVEN)).item() == 2
     assert pl.select(raw_to_fen(pl.lit(-50_000, pl.Int64))).item() == -1
+
+
+def test_price_change_split_per_tariff() -> None:
+    periods = [{"effective_from": "2024-01-01", "price": 1}]
+    assert Tariff.from_mapping("x", {"periods": periods}).price_change_split is None  # the run's setting
+    assert Tariff.from_mapping("x", {"price_change_split": "readings", "periods": periods}).price_change_split == (
+        "readings"
+    )
+    frames = tariff_frames(load_tariffs({"x": {"price_change_split": "days", "periods": periods}}).values())
+    assert frames.tariffs.collect()["price_change_split"].to_list() == ["days"]
+    with pytest.raises(TariffError, match="price_change_split"):
+        Tariff.from_mapping("x", {"price_change_split": "hours", "periods": periods})
