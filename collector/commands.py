@@ -58,6 +58,14 @@ class PolledCommands(Protocol):
         """The driver whose capabilities and encoding apply to this polled meter; None when it cannot be commanded."""
         ...
 
+    def address_of(self, meter_no: str) -> str:
+        """The meter's address on its bus."""
+        ...
+
+    def driver_of_key(self, driver_key: str) -> Any | None:
+        """A command driver of the poller's meters of one protocol; None when it has none."""
+        ...
+
     def submit(self, command: Command) -> bool: ...
 
 
@@ -270,9 +278,8 @@ class CommandDispatcher:
         if driver is None or kind is None:
             self._finish(conn, row["id"], "failed", "unsupported")
             return []
-        command = Command(
-            kind, row["meter_no"], row["protocol_address"], row["correlation_id"], row["amount"], row["purchase_seq"]
-        )
+        address = row["protocol_address"] or self.poller.address_of(row["meter_no"])  # as the bus knows it
+        command = Command(kind, row["meter_no"], address, row["correlation_id"], row["amount"], row["purchase_seq"])
         try:
             driver.encode(command)  # the profile can drive this valve (coil or register named)
         except (UnsupportedCommand, ValueError) as exc:
@@ -364,7 +371,10 @@ class CommandDispatcher:
     def _sequence_modulus(self, driver_key: str) -> int | None:
         """How a driver's purchase sequence wraps on the wire (CJ/T 188: one byte); None when it does not."""
         transport = self.transports.get(driver_key)
-        modulus = getattr(transport.route.driver, "purchase_sequence_modulus", None) if transport else None
+        driver: object = transport.route.driver if transport else None
+        if driver is None and self.poller is not None:  # a meter on a bus this collector polls
+            driver = self.poller.driver_of_key(driver_key)
+        modulus = getattr(driver, "purchase_sequence_modulus", None)
         return int(modulus) if modulus else None
 
     def _reconcile(self) -> None:

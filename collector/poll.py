@@ -39,6 +39,7 @@ from collector.poll_devices import Cjt188Reader, Frame, MbusReader, ModbusReader
 from collector.poll_plan import BusPlan, PlannedDevice, bus_workarounds
 from collector.sink import BatchSink
 from drivers.base import Command, Decoded, EventKind, MeterEvent
+from drivers.cjt188.driver import Cjt188Driver, Cjt188Settings
 from drivers.modbus.driver import ModbusDriver
 from drivers.transports.modbus import ModbusLink, SerialParams
 from drivers.transports.serial_line import SerialLine, TcpSerialLine
@@ -89,6 +90,11 @@ class Poller:
         self.devices: dict[str, DeviceState] = {}
         self._buses = {planned.target.meter_no: bus.bus.name for bus in plan for planned in bus.devices}
         self._targets = {planned.target.meter_no: planned.target for bus in plan for planned in bus.devices}
+        self._cjt188_drivers = {
+            bus.bus.name: Cjt188Driver(Cjt188Settings(workarounds=bus_workarounds(bus.bus)))
+            for bus in plan
+            if bus.bus.protocol == "cjt188"
+        }
         self._commands: dict[str, deque[Command]] = {bus.bus.name: deque() for bus in plan}
         self._wakes: dict[str, asyncio.Event] = {}
         self._inbox: queue.Queue[list[Received] | None] = queue.Queue()
@@ -138,11 +144,28 @@ class Poller:
     def owns(self, meter_no: str) -> bool:
         return meter_no in self._buses
 
-    def command_driver(self, meter_no: str) -> ModbusDriver | None:
-        """The driver that says what a polled meter can do and encodes its commands; None when the
-        meter's protocol takes no commands on a polled bus (only Modbus does so far)."""
+    def command_driver(self, meter_no: str) -> ModbusDriver | Cjt188Driver | None:
+        """The driver that says what a polled meter can do and encodes its commands (Modbus: the device
+        profile; CJ/T 188: the bus's vendor workarounds); None when the meter's protocol takes no commands
+        (M-Bus has no valve or credit command of its own)."""
         target = self._targets.get(meter_no)
-        return target.modbus if target is not None else None
+        if target is None:
+            return None
+        if target.modbus is not None:
+            return target.modbus
+        return self._cjt188_drivers.get(self._buses[meter_no])
+
+    def address_of(self, meter_no: str) -> str:
+        """The meter's address on its bus (a Modbus unit id, a CJ/T 188 address, an M-Bus address)."""
+        return self._targets[meter_no].address
+
+    def driver_of_key(self, driver_key: str) -> ModbusDriver | Cjt188Driver | None:
+        """A command driver of this poller's meters of one protocol (for what all its meters share, such
+        as how a purchase sequence wraps)."""
+        for meter_no, target in self._targets.items():
+            if target.driver_key == driver_key:
+                return self.command_driver(meter_no)
+        return None
 
     def submit(self, command: Command) -> bool:
         """Queue a command for the bus of `command.meter_no`; it runs before that bus's next poll.

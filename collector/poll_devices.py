@@ -198,7 +198,7 @@ class Cjt188Reader:
     async def poll(self, target: Target) -> PollResult:
         result = PollResult()
         for di in [cjt188.DI_METERING, *(READS[r] for r in target.reads if r in READS)]:
-            decoded = await self._exchange(target, di, result)
+            decoded = await self.exchange(target, di, result)
             if decoded is None:
                 return result
             if cjt188.DI_HISTORY_FIRST <= di <= cjt188.DI_HISTORY_LAST:
@@ -213,29 +213,47 @@ class Cjt188Reader:
         )
         return found[0].address if found is not None else None
 
-    async def _exchange(self, target: Target, di: int, result: PollResult) -> Decoded | None:
+    async def exchange(self, target: Target, di: int, result: PollResult) -> Decoded | None:
+        """Read one data item (retried as the bus says); the answer goes into `result` as a frame."""
         found = await self._request(
             lambda ser: cjt188.encode_read(target.address, di, ser, self.workarounds), di, result, target.address
         )
+        decoded = self._decode(target, found, result)
+        if decoded is not None:
+            assert found is not None
+            result.frames.append(Frame(found[1], _now(), decoded))
+        return decoded
+
+    async def write_once(
+        self, target: Target, encode: Callable[[int], bytes], di: int, result: PollResult
+    ) -> tuple[Decoded, bytes] | None:
+        """Send a write request once — never repeated, because the meter may have acted on a request
+        whose answer was lost — and return its decoded answer with the raw frame (None without one)."""
+        found = await self._request(encode, di, result, target.address, retries=0)
+        decoded = self._decode(target, found, result)
+        return (decoded, found[1]) if decoded is not None and found is not None else None
+
+    def _decode(self, target: Target, found: tuple[Cjt188Frame, bytes] | None, result: PollResult) -> Decoded | None:
         if found is None:
             return None
         frame, raw = found
-        received_at = _now()
+        result.answered = True
         try:
-            decoded = cjt188.decode_meter_frame(frame, received_at, self.workarounds)
+            decoded = cjt188.decode_meter_frame(frame, _now(), self.workarounds)
         except DecodeError as exc:
-            result.answered = True
             result.reject(raw, exc.reason, exc.message)
             return None
-        decoded = _as_meter(decoded, target.meter_no)
-        result.answered = True
-        result.frames.append(Frame(raw, received_at, decoded))
-        return decoded
+        return _as_meter(decoded, target.meter_no)
 
     async def _request(
-        self, encode: Callable[[int], bytes], di: int | None, result: PollResult, expect_address: str | None
+        self,
+        encode: Callable[[int], bytes],
+        di: int | None,
+        result: PollResult,
+        expect_address: str | None,
+        retries: int | None = None,
     ) -> tuple[Cjt188Frame, bytes] | None:
-        for attempt in range(self.retries + 1):
+        for attempt in range((self.retries if retries is None else retries) + 1):
             stale = self.line.discard_input()
             if stale:
                 result.reject(stale, "unexpected", "bytes on the line outside an exchange (late answer or noise)")

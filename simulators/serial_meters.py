@@ -151,6 +151,7 @@ class Cjt188Meter:
     flow_m3h: Decimal = Decimal(0)  # gas use while open, per real hour
     clock_offset: timedelta = timedelta(0)  # the meter's clock runs this far ahead (behind when negative)
     clocks_sent: deque[datetime] = field(default_factory=lambda: deque(maxlen=1000))  # of the last 901F answers
+    executed: list[str] = field(default_factory=list)  # valve_open, valve_close, credit: what the meter did
     _last: float = field(default_factory=time.monotonic)
 
     def status(self, dialect: Workarounds | None = None) -> bytes:
@@ -239,10 +240,25 @@ class Cjt188Bus(PtyLine):
             return
         meter = found
         fault = meter.faults.pick(self.rng)
-        if frame.function == cjt188.FN_WRITE and frame.di == cjt188.DI_VALVE and frame.payload:
-            meter.valve_closed = frame.payload[0] == 0x99
-            status = meter.status(self.dialect)
-            reply = Cjt188Frame(0x30, meter.address, control_code(0x04, True), frame.di, frame.ser, status)
+        if frame.control == self.dialect.valve_control and frame.di == cjt188.DI_VALVE and frame.payload:
+            code = frame.payload[0]
+            if code in (self.dialect.valve_open_code, self.dialect.valve_close_code):
+                meter.valve_closed = code == self.dialect.valve_close_code
+                meter.executed.append("valve_close" if meter.valve_closed else "valve_open")
+                status = meter.status(self.dialect)
+                reply = Cjt188Frame(0x30, meter.address, frame.control | 0x80, frame.di, frame.ser, status)
+            else:
+                reply = Cjt188Frame(0x30, meter.address, frame.control | 0xC0, frame.di, frame.ser, b"\x01")
+        elif frame.function == cjt188.FN_WRITE and frame.di == cjt188.DI_PURCHASE_WRITE and len(frame.payload) >= 5:
+            sequence = frame.payload[0]
+            amount = Decimal(int(frame.payload[1:5][::-1].hex())).scaleb(-2)
+            if cjt188.purchase_sequence_is_newer(sequence, meter.purchase_sequence):  # a repeat is not counted
+                meter.purchase_sequence, meter.last_purchase_cny = sequence, amount
+                meter.purchased_total_cny += amount
+                meter.remaining_cny += amount
+                meter.executed.append("credit")
+            reply = Cjt188Frame(0x30, meter.address, control_code(cjt188.FN_WRITE, True), frame.di, frame.ser,
+                                bytes([meter.purchase_sequence]))  # fmt: skip
         else:
             now = datetime.now(UTC)
             payload = meter.payload(frame.di, now, self.dialect) if frame.function == cjt188.FN_READ else None
