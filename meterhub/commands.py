@@ -191,53 +191,99 @@ def request_bulk(
     ip: str | None = None,
     settings: CommandSettings | None = None,
     now: datetime | None = None,
+    idempotency_key: str | None = None,
 ) -> BulkView:
     """Many meters at once (a community, an arrears list); at `bulk_approval_size` or more a second
-    person approves before anything is sent. Each meter's command is still checked against the rules."""
+    person approves before anything is sent. Each meter's command is still checked against the rules.
+
+    The same idempotency key returns the bulk request it created the first time; the key reused for a
+    different request (another kind or other meters) is refused with `idempotency_key_reused`."""
     if kind not in ("valve_close", "valve_open"):
         raise CommandError("bad_kind", "bulk commands are valve_close or valve_open")
     if not meter_nos:
         raise CommandError("empty", "no meters")
+    unique_nos = list(dict.fromkeys(meter_nos))
+    if idempotency_key is not None:
+        existing = _bulk_by_key(store, idempotency_key, kind, unique_nos)
+        if existing is not None:
+            return existing
     settings = settings or store.settings.commands
     needs_approval = len(meter_nos) >= settings.bulk_approval_size
-    with store.transaction(actor=user) as conn:
-        _require(conn, user, "bulk")
-        bulk_id = _next_id(conn, "command_bulk")
-        detail = {"kind": kind, "purpose": purpose, "reason": reason, "size": len(meter_nos)}
-        audit_id = audit(conn, user, "command.bulk_request", "command_bulk", bulk_id, detail, ip)
-        conn.execute(
-            """INSERT INTO command_bulk (id, kind, purpose, reason, size, state, requested_by, audit_id)
-               OVERRIDING SYSTEM VALUE VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
-            [
-                bulk_id,
-                kind,
-                purpose,
-                reason,
-                len(meter_nos),
-                "awaiting_approval" if needs_approval else "released",
-                user,
-                audit_id,
-            ],
-        )
-        for meter_no in dict.fromkeys(meter_nos):
-            _create(
-                conn,
-                store,
-                meter_no,
-                kind,
-                user,
-                reason,
-                purpose,
-                None,
-                f"bulk:{bulk_id}:{meter_no}",
-                False,
-                ip,
-                now,
-                bulk_id,
-                audit_id,
-                needs_approval,
+    try:
+        with store.transaction(actor=user) as conn:
+            _require(conn, user, "bulk")
+            bulk_id = _next_id(conn, "command_bulk")
+            detail = {"kind": kind, "purpose": purpose, "reason": reason, "size": len(meter_nos)}
+            audit_id = audit(conn, user, "command.bulk_request", "command_bulk", bulk_id, detail, ip)
+            conn.execute(
+                """INSERT INTO command_bulk (id, kind, purpose, reason, size, state, requested_by, audit_id,
+                                             idempotency_key)
+                   OVERRIDING SYSTEM VALUE VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                [
+                    bulk_id,
+                    kind,
+                    purpose,
+                    reason,
+                    len(meter_nos),
+                    "awaiting_approval" if needs_approval else "released",
+                    user,
+                    audit_id,
+                    idempotency_key,
+                ],
             )
+            _create_bulk_members(conn, store, unique_nos, kind, user, reason, purpose, ip, now, bulk_id, audit_id,
+                                 needs_approval)  # fmt: skip
+    except psycopg.errors.UniqueViolation:
+        found = _bulk_by_key(store, idempotency_key, kind, unique_nos) if idempotency_key else None
+        if found is None:  # not the same request racing with itself
+            raise
+        return found
     return get_bulk(store, bulk_id)
+
+
+def _create_bulk_members(
+    conn: psycopg.Connection[Any],
+    store: Store,
+    meter_nos: Sequence[str],
+    kind: str,
+    user: str,
+    reason: str,
+    purpose: str,
+    ip: str | None,
+    now: datetime | None,
+    bulk_id: int,
+    audit_id: int,
+    needs_approval: bool,
+) -> None:
+    for meter_no in meter_nos:
+        _create(
+            conn,
+            store,
+            meter_no,
+            kind,
+            user,
+            reason,
+            purpose,
+            None,
+            f"bulk:{bulk_id}:{meter_no}",
+            False,
+            ip,
+            now,
+            bulk_id,
+            audit_id,
+            needs_approval,
+        )
+
+
+def _bulk_by_key(store: Store, key: str, kind: str, meter_nos: Sequence[str]) -> BulkView | None:
+    with store.connection() as conn:
+        row = conn.execute("SELECT id, kind FROM command_bulk WHERE idempotency_key = %s", [key]).fetchone()
+    if row is None:
+        return None
+    found = get_bulk(store, int(row[0]))
+    if row[1] != kind or sorted(c.meter_no for c in found.commands) != sorted(meter_nos):
+        raise CommandError("idempotency_key_reused", f"this idempotency key was used for bulk request {row[0]}")
+    return found
 
 
 def approve(store: Store, command_id: int, *, user: str, ip: str | None = None) -> CommandView:

@@ -486,8 +486,17 @@ def rule_preview(request: Request, meter_nos: Sequence[str], kind: str, purpose:
 
 
 def create_bulk(
-    request: Request, user: Principal, targets: BulkTargets, kind: str, purpose: str, reason: str
+    request: Request,
+    user: Principal,
+    targets: BulkTargets,
+    kind: str,
+    purpose: str,
+    reason: str,
+    key: str | None = None,
 ) -> service.BulkView:
+    """File a bulk request. The idempotency key is the user's own: the same key returns the first request."""
+    if key is not None and len(key) > KEY_MAX:
+        raise ActionError("bad_key", f"an idempotency key has at most {KEY_MAX} characters")
     if targets.problem == "outside_areas":
         raise Forbidden("area")
     if targets.problem:
@@ -507,6 +516,7 @@ def create_bulk(
             purpose=purpose,
             ip=client_ip(request),
             settings=settings_of(request).commands,
+            idempotency_key=f"{user.username}:{key}" if key else None,
         )
     except service.CommandError as exc:
         raise _refused(request, exc) from None
@@ -748,7 +758,7 @@ def bulk_new_page(
     kind: str = "valve_close",
 ) -> Response:
     form = {"kind": kind if kind in BULK_KINDS else "valve_close", "purpose": "other", "reason": "",
-            "community_id": community_id, "meter_list": ""}  # fmt: skip
+            "community_id": community_id, "meter_list": "", "idempotency_key": uuid.uuid4().hex}  # fmt: skip
     return _bulk_new_page(request, user, form=form)
 
 
@@ -763,6 +773,7 @@ def bulk_submit(
     community_id: Annotated[str, Form()] = "",
     meter_list: Annotated[str, Form(max_length=400_000)] = "",
     step: Annotated[Literal["check", "send"], Form()] = "check",
+    idempotency_key: Annotated[str, Form(max_length=KEY_MAX)] = "",
 ) -> Response:
     """`step=check` shows what the request would do (meters, unknown numbers, rule refusals, whether it waits
     for approval) and changes nothing; `step=send` files it."""
@@ -776,6 +787,7 @@ def bulk_submit(
         "target": target,
         "community_id": community,
         "meter_list": meter_list,
+        "idempotency_key": idempotency_key or uuid.uuid4().hex,  # a second click sends the same request
     }
     if kind not in BULK_KINDS:
         return _bulk_new_page(request, user, form=form, error=words(language, "error", "bad_kind"), status_code=400)
@@ -793,7 +805,7 @@ def bulk_submit(
     if not reason.strip():
         return _bulk_new_page(request, user, form=form, targets=targets, error=words(language, "error", "no_reason"),
                               status_code=400)  # fmt: skip
-    bulk = create_bulk(request, user, targets, kind, purpose, reason)
+    bulk = create_bulk(request, user, targets, kind, purpose, reason, key=idempotency_key or None)
     return redirect(f"/commands/bulk/{bulk.id}")
 
 
@@ -1089,10 +1101,17 @@ def api_emergency_close(
 
 
 @router.post("/api/v1/commands/bulk", tags=["commands"], status_code=201, response_model=BulkOut)
-def api_bulk(request: Request, body: BulkIn, user: Annotated[Principal, Depends(require("command.bulk"))]) -> Response:
+def api_bulk(
+    request: Request,
+    body: BulkIn,
+    user: Annotated[Principal, Depends(require("command.bulk"))],
+    idempotency_key: Annotated[str | None, Header(max_length=KEY_MAX)] = None,
+) -> Response:
     """Close or open many meters: `meter_nos`, or every installed meter of `community_id`. From
     `commands.bulk_approval_size` meters on, the request waits (`awaiting_approval`) for a second person
-    with `command.approve`. Each meter's command is still checked against the rules."""
+    with `command.approve`. Each meter's command is still checked against the rules. Send an
+    `Idempotency-Key` header to make retries safe: the same key (per user) returns the first request (200);
+    the key reused for another request answers 409."""
     if (body.meter_nos is None) == (body.community_id is None):
         raise ActionError("bad_target", "give either meter_nos or community_id")
     if body.purpose not in PURPOSES:
@@ -1102,8 +1121,22 @@ def api_bulk(request: Request, body: BulkIn, user: Annotated[Principal, Depends(
         targets = bulk_targets(conn, user, body.community_id, meter_nos)
     if targets.unknown:
         raise ActionError("unknown_meters", "unknown: " + ", ".join(targets.unknown[:50]), 404)
-    view = create_bulk(request, user, targets, body.kind, body.purpose, body.reason)
+    key = idempotency_key or None
+    replayed = _bulk_replayed(request, user, key)
+    view = create_bulk(request, user, targets, body.kind, body.purpose, body.reason, key=key)
+    if replayed:
+        return JSONResponse(_bulk_out(request, user, view).model_dump(mode="json"), status_code=200)
     return _created(_bulk_out(request, user, view))
+
+
+def _bulk_replayed(request: Request, user: Principal, key: str | None) -> bool:
+    if not key:
+        return False
+    with store_of(request).connection() as conn:
+        row = conn.execute(
+            "SELECT 1 FROM command_bulk WHERE idempotency_key = %s", [f"{user.username}:{key}"]
+        ).fetchone()
+    return row is not None
 
 
 @router.get("/api/v1/commands/bulk/{bulk_id}", tags=["commands"])

@@ -171,6 +171,36 @@ def test_bulk_above_the_size_waits_for_a_second_person(
     assert {c["state"] for c in small.json()["commands"]} == {"queued"}
 
 
+def test_a_retried_bulk_request_files_once(
+    signed_in: Callable[[str], ConsoleClient], store: Store, meters: Any
+) -> None:
+    """The same Idempotency-Key (a client retrying after a lost answer, a double click on the form) files
+    one bulk request; the key reused for other meters is refused and files nothing."""
+    supervisor = signed_in("supervisor")
+    body = {"kind": "valve_open", "reason": "works done", "meter_nos": ["M00000001", "M00000002"]}
+    first = api_post(supervisor, "/api/v1/commands/bulk", body, **{"Idempotency-Key": "reopen-1"})
+    again = api_post(supervisor, "/api/v1/commands/bulk", body, **{"Idempotency-Key": "reopen-1"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"]
+    other = api_post(
+        supervisor, "/api/v1/commands/bulk", {**body, "meter_nos": ["M00000001"]}, **{"Idempotency-Key": "reopen-1"}
+    )
+    assert other.status_code == 409 and other.json()["error"] == "idempotency_key_reused"
+    assert rows(store, "SELECT count(*) FROM command_bulk") == [(1,)]
+    assert rows(store, "SELECT count(*) FROM meter_command") == [(2,)]
+
+    # The form carries its own key: sending the same page twice files one request.
+    page = supervisor.get("/commands/bulk/new")
+    key = re.search(r'name="idempotency_key" value="([^"]+)"', page.text)
+    assert key is not None
+    form = {"kind": "valve_close", "purpose": "other", "reason": "estate works", "target": "list",
+            "meter_list": "M00000001", "step": "send", "idempotency_key": key.group(1)}  # fmt: skip
+    sent = [supervisor.post("/commands/bulk", form) for _ in range(2)]
+    assert [r.status_code for r in sent] == [303, 303]
+    assert sent[0].headers["location"] == sent[1].headers["location"]
+    assert rows(store, "SELECT count(*) FROM command_bulk") == [(2,)]
+
+
 def test_reject_a_bulk_request(
     signed_in: Callable[[str], ConsoleClient], console_app: Any, store: Store, meters: Any
 ) -> None:
