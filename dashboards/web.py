@@ -16,24 +16,29 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
-from fastapi import Request
+import psycopg
+from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from dashboards import i18n, security
 from dashboards.security import Principal
+from meterhub import system_settings
 from meterhub.settings import Settings
 from meterhub.store import Store
+
+log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
@@ -234,6 +239,31 @@ def csrf_token(request: Request) -> str:
     return anonymous_csrf_token(request)
 
 
+def text(request: Request, key: str, **values: Any) -> str:
+    """A console text in the request's language (`t` in the templates)."""
+    return i18n.translate(language_of(request), key, **values)
+
+
+async def form_of(request: Request) -> dict[str, str]:
+    """The submitted form's text fields (the request dependency has read and checked it already)."""
+    form = await request.form()
+    return {key: value for key, value in form.items() if isinstance(value, str) and key != "csrf_token"}
+
+
+async def form_lists(request: Request) -> dict[str, list[str]]:
+    """The submitted form's text fields with every value of a repeated field."""
+    form = await request.form()
+    out: dict[str, list[str]] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, str) and key != "csrf_token":
+            out.setdefault(key, []).append(value)
+    return out
+
+
+FormData = Annotated[dict[str, str], Depends(form_of)]
+FormLists = Annotated[dict[str, list[str]], Depends(form_lists)]
+
+
 # -- formatting -------------------------------------------------------------------------------------
 def fmt_money(value: Decimal | int | float | str | None) -> str:
     if value is None:
@@ -279,21 +309,50 @@ NAV: list[NavItem] = [
     NavItem("nav.counter", "/counter", "billing.pay"),
     NavItem("nav.bills", "/bills", "billing.view"),
     NavItem("nav.invoices", "/invoices", "billing.view"),
+    NavItem("nav.masterdata", "/master", "masterdata.view"),
+    NavItem("nav.facilities", "/facilities", "facilities.view"),
+    NavItem("nav.warehouse", "/warehouse", "warehouse.view"),
+    NavItem("nav.repairs", "/repairs", "repairs.view"),
+    NavItem("nav.sms", "/sms", "sms.view"),
+    NavItem("nav.office", "/office", None),
+    NavItem("nav.settings", "/settings", "settings.edit"),
     NavItem("nav.admin", "/admin", "admin.users"),
     NavItem("nav.oplog", "/oplog", "oplog.view"),
     NavItem("nav.api", "/api", None),
 ]
 
 
+def look_of(request: Request) -> system_settings.ConsoleLook:
+    """The company name, logo and menu names and order from the system settings, read once per request
+    (the shipped look when the store cannot answer, so that an error page still renders)."""
+    cached = request.state._state.get("look")
+    if cached is None:
+        try:
+            with store_of(request).connection() as conn:
+                cached = system_settings.console_look(conn)
+        except psycopg.Error:
+            log.exception("system settings not readable; the page uses the shipped names")
+            cached = system_settings.ConsoleLook()
+        request.state.look = cached
+    look: system_settings.ConsoleLook = cached
+    return look
+
+
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     language = language_of(request)
     principal = request.state._state.get("principal")
     settings = settings_of(request)
+    look = look_of(request)
 
     def t(key: str, **values: Any) -> str:
+        custom = look.label(language, key)
+        if custom is not None:
+            return custom
         return i18n.translate(language, key, **values)
 
-    nav = [item for item in NAV if principal and (item.permission is None or principal.can(item.permission))]
+    allowed = [item for item in NAV if principal and (item.permission is None or principal.can(item.permission))]
+    by_key = {item.key: item for item in allowed}
+    nav = [by_key[key] for key in look.ordered([item.key for item in allowed])]
     response = templates.TemplateResponse(
         request,
         template,
@@ -306,6 +365,7 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
             "path": request.url.path,
             "query": request.url.query,
             "fmt": make_formatters(settings),
+            "look": look,
             **context,
         },
         status_code=status_code,

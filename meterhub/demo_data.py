@@ -76,6 +76,7 @@ STAFF = [
     StaffMember("reader", "抄表员 张伟", "meter_reader", "reader-demo"),
     StaffMember("engineer", "维修工程师 赵磊", "engineer", "engineer-demo", area="HD"),
     StaffMember("auditor", "稽核 陈静", "auditor", "auditor-demo"),
+    StaffMember("storekeeper", "仓管员 孙丽", "storekeeper", "storekeeper-demo"),
 ]
 
 TARIFFS: dict[str, dict[str, Any]] = {

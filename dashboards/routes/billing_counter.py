@@ -487,6 +487,16 @@ def receipt_page(
     )
 
 
+@router.get("/counter/receipts/{receipt_no}/print", include_in_schema=False)
+def receipt_print_page(
+    request: Request, receipt_no: str, user: Annotated[Principal, Depends(require("billing.view"))]
+) -> Response:
+    """The receipt on the default receipt print template (套打): the sheet at the template's paper size."""
+    from dashboards.routes.system_settings import receipt_print_page as print_on_template
+
+    return print_on_template(request, user, receipt_no)
+
+
 @router.post("/counter/receipts/{receipt_no}/reprint", include_in_schema=False)
 def reprint_receipt_page(
     request: Request, receipt_no: str, user: Annotated[Principal, Depends(require("billing.pay"))]

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 from dashboards.security import Principal
 from dashboards.web import render, require, settings_of, store_of
+from meterhub import office
 
 router = APIRouter()
 
@@ -98,7 +99,10 @@ def health(conn: psycopg.Connection[Any], timezone: str, now: datetime | None = 
 def home(request: Request, user: Annotated[Principal, Depends(require())]) -> Response:
     with store_of(request).connection() as conn:
         figures = health(conn, settings_of(request).timezone)
-    return render(request, "home.html", h=figures)
+        news = office.news_list(conn, published_only=True, limit=5)
+        unread = office.inbox(conn, user.user_id, unread_only=True, limit=5)
+        unread_count = office.unread_count(conn, user.user_id) if unread else 0
+    return render(request, "home.html", h=figures, news=news, unread=unread, unread_count=unread_count)
 
 
 @router.get("/api/v1/health", tags=["monitoring"])

@@ -80,6 +80,9 @@ from dashboards.web import (
     settings_of,
     store_of,
 )
+from dashboards.web import (
+    text as _t,
+)
 from meterhub.store import Store
 
 router = APIRouter()
@@ -125,10 +128,6 @@ class Invalid(Exception):
         super().__init__(key)
         self.key = key
         self.values = values
-
-
-def _t(request: Request, key: str, **values: Any) -> str:
-    return i18n.translate(language_of(request), key, **values)
 
 
 def _label(language: str) -> Any:

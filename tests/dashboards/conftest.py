@@ -15,7 +15,7 @@ from meterhub.settings import load_settings
 from meterhub.store import Store
 
 PASSWORD = "correct horse 1"
-ROLES = ("admin", "cashier", "billing_clerk", "meter_reader", "engineer", "auditor", "supervisor")
+ROLES = ("admin", "cashier", "billing_clerk", "meter_reader", "engineer", "auditor", "supervisor", "storekeeper")
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 # One hash for every test user: argon2id is slow on purpose.
 _HASH = hash_password(PASSWORD)

@@ -17,8 +17,12 @@ from dashboards.web import UNSAFE, Requirement, check_anonymous_csrf
 from meterhub.store import Store
 from tests.dashboards.conftest import ROLES, ConsoleClient
 
-# Reachable without signing in: the sign-in form, the language switch, the API's description.
+# Reachable without signing in: the sign-in form, the language switch, the API's description, the
+# self-service kiosk's query (account number and PIN, limited per account and address).
 PUBLIC = {
+    ("GET", "/kiosk"),
+    ("POST", "/kiosk"),
+    ("POST", "/api/v1/kiosk/query"),
     ("GET", "/login"),
     ("POST", "/login"),
     ("POST", "/lang"),
