@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 from psycopg.rows import class_row
 
+from meterhub import warehouse
 from meterhub.store import Store
 
 STATUSES = ("in_stock", "installed", "suspended", "removed")
@@ -525,7 +526,10 @@ def install(
     now: datetime | None = None,
 ) -> None:
     """装表: a meter in stock goes onto an account from the start of `install_date` with `initial_reading`
-    on its register; an assignment of the meter to the account opens."""
+    on its register; an assignment of the meter to the account opens. When the warehouse knows the meter's
+    serial number, the meter is drawn from stock in the same transaction (a stock-out document of kind
+    `install`); a serial number that left stock already is refused. Meters unknown to the warehouse (an
+    existing fleet) are installed without it."""
     first_value = parse_reading(initial_reading, "initial reading")
     tz = store.settings.timezone
     at = local_midnight(install_date, tz)
@@ -567,6 +571,18 @@ def install(
             [account[0], meter["id"], at, first_value, note.strip()],
         )
         _record(conn, meter["id"], account[0], "install", at, reading=first_value, reason=note)
+        # A meter whose serial number is in the warehouse leaves stock with this installation.
+        try:
+            warehouse.draw_for_install(
+                conn, meter_no, account_no=account_no, day=install_date,
+                today=(now or datetime.now(UTC)).astimezone(ZoneInfo(tz)).date(), note=note.strip(),
+            )  # fmt: skip
+        except warehouse.WarehouseError as exc:
+            raise MeterError(
+                "not_in_warehouse",
+                f"meter {meter_no} is not in stock in the warehouse: {exc.message}",
+                meter_no=meter_no,
+            ) from exc
 
 
 @dataclass(frozen=True)
