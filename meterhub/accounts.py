@@ -317,14 +317,17 @@ def usage_types(conn: psycopg.Connection[Any]) -> list[tuple[str, str, str]]:
     return [(r[0], r[1], r[2]) for r in conn.execute("SELECT code, name, name_en FROM usage_type ORDER BY code")]
 
 
-def _community(conn: psycopg.Connection[Any], code: str | None, areas: frozenset[int] | None) -> int | None:
+def _community(
+    conn: psycopg.Connection[Any], code: str | None, areas: frozenset[int] | None, current: int | None = None
+) -> int | None:
+    """The id of a community by code: active, in the person's areas (or the account's `current` one)."""
     code = (code or "").strip()
     if not code:
         if areas is not None:  # an account without a community would be outside the person's own areas
             raise _invalid("community", "community_required", "community is required")
         return None
-    row = conn.execute("SELECT id, area_id FROM community WHERE code = %s", [code]).fetchone()
-    if row is None:
+    row = conn.execute("SELECT id, area_id, active FROM community WHERE code = %s", [code]).fetchone()
+    if row is None or not (row[2] or row[0] == current):  # a deactivated community takes no new accounts
         raise _invalid("community", "no_community", f"no community {code!r}", value=code)
     if not _covers(areas, row[1]):
         raise AccountError("area", f"community {code} is outside your areas", field="community", status=403)
@@ -335,8 +338,8 @@ def _usage_type(conn: psycopg.Connection[Any], code: str | None) -> int:
     code = (code or "").strip()
     if not code:
         raise _invalid("usage_type", "required", "usage type is required")
-    row = conn.execute("SELECT id FROM usage_type WHERE code = %s", [code]).fetchone()
-    if row is None:
+    row = conn.execute("SELECT id, active FROM usage_type WHERE code = %s", [code]).fetchone()
+    if row is None or not row[1]:  # a deactivated usage type is kept for the records that name it, not new ones
         raise _invalid("usage_type", "no_usage_type", f"no usage type {code!r}", value=code)
     return int(row[0])
 
@@ -894,7 +897,7 @@ def edit_account(
             account_set: dict[str, Any] = {}
             customer_set: dict[str, Any] = {}
             if "community" in clean:
-                community_id = _community(conn, clean["community"], areas)
+                community_id = _community(conn, clean["community"], areas, account["community_id"])
                 if community_id != account["community_id"]:
                     account_set["community_id"] = community_id
             for key in ("address", "card_no"):
