@@ -26,6 +26,7 @@ from dashboards.security import Principal
 from dashboards.web import (
     ActionError,
     Forbidden,
+    FormData,
     language_of,
     note_object,
     redirect,
@@ -34,7 +35,10 @@ from dashboards.web import (
     settings_of,
     store_of,
 )
-from meterhub import accounts
+from dashboards.web import (
+    text as _t,
+)
+from meterhub import accounts, facilities
 from meterhub.accounts import (
     AccountError,
     AccountView,
@@ -63,10 +67,6 @@ def today_of(request: Request) -> dt.date:
 def account_url(account_no: str, suffix: str = "", **query: str) -> str:
     url = f"/customers/accounts/{quote(account_no, safe='')}{suffix}"
     return f"{url}?{urlencode(query)}" if query else url
-
-
-def _t(request: Request, key: str, **values: Any) -> str:
-    return i18n.translate(language_of(request), key, **values)
 
 
 def field_label(request: Request, field: str, table: str = "") -> str:
@@ -117,13 +117,6 @@ def page_refusal(request: Request, exc: AccountError) -> NoReturn:
     raise ActionError(exc.code, message_of(request, exc), exc.status) from exc
 
 
-async def form_of(request: Request) -> dict[str, str]:
-    """The submitted form's text fields (the request dependency has read and checked it already)."""
-    form = await request.form()
-    return {key: value for key, value in form.items() if isinstance(value, str) and key != "csrf_token"}
-
-
-FormData = Annotated[dict[str, str], Depends(form_of)]
 
 
 def _view(conn: psycopg.Connection[Any], user: Principal, account_no: str) -> AccountView:
@@ -288,6 +281,7 @@ def _account_page(request: Request, user: Principal, account_no: str, status: in
             page_refusal(request, exc)
         entries = accounts.history(conn, view.id)
         position = _position(conn, user, view.id, today)
+        fed_by = facilities.box_of_account(conn, view.account_no) if user.can("facilities.view") else None
     return render(
         request,
         "customers/account.html",
@@ -299,6 +293,7 @@ def _account_page(request: Request, user: Principal, account_no: str, status: in
         show=lambda change, which: value_text(request, change, which),
         account_url=account_url,
         counter_url=f"/counter?{urlencode({'account_no': view.account_no})}",
+        fed_by=fed_by,
         **extra,
     )
 
