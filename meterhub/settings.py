@@ -123,6 +123,61 @@ class LogSettings(BaseModel):
     format: Literal["text", "json"] = "text"
 
 
+class SmsHttpSettings(BaseModel):
+    """An HTTP SMS provider (`[sms.http]`): where and how a message is posted, and how its answer reads."""
+
+    model_config = {"extra": "forbid"}
+
+    url: str = Field(default="", description="The provider's send URL (http:// or https://).")
+    method: Literal["POST", "GET"] = "POST"
+    body: Literal["json", "form"] = Field(default="json", description="POST body as JSON or as a form.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra headers, e.g. an API key header.")
+    auth_header: str = Field(default="Authorization", description="Header that carries auth_value.")
+    auth_value: str = Field(default="", description="e.g. 'Bearer <key>'; empty: no auth header.")
+    signature_secret: str = Field(default="", description="HMAC-SHA256 key; empty: requests are not signed.")
+    signature_header: str = Field(default="X-Signature", description="Header with hex HMAC of timestamp + body.")
+    timestamp_header: str = Field(default="X-Timestamp", description="Header with the Unix time that was signed.")
+    fields: dict[str, str] = Field(
+        default_factory=lambda: {"phone": "mobile", "text": "content", "reference": "ref"},
+        description="Our names (phone, text, reference) → the provider's field names.",
+    )
+    extra_fields: dict[str, str] = Field(default_factory=dict, description="Constant fields sent with every message.")
+    success_field: str = Field(default="code", description="Dotted path of the answer's status field.")
+    success_values: list[str] = Field(default_factory=lambda: ["0"], description="Values that mean accepted.")
+    message_id_field: str = Field(default="msgid", description="Dotted path of the provider's message id.")
+    error_field: str = Field(default="message", description="Dotted path of the answer's error text.")
+    timeout_s: float = Field(default=10.0, gt=0)
+    status_url: str = Field(default="", description="Polling of delivery reports: GET status_url?id=<msgid>.")
+    report_id_field: str = Field(default="msgid", description="Delivery report: field with the provider's id.")
+    report_status_field: str = Field(default="status", description="Delivery report: field with the status.")
+    delivered_values: list[str] = Field(default_factory=lambda: ["DELIVRD", "delivered"])
+    failed_values: list[str] = Field(default_factory=lambda: ["UNDELIV", "REJECTD", "EXPIRED", "failed"])
+
+    @field_validator("url", "status_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+class SmsSettings(BaseModel):
+    """SMS sending (`[sms]`): the gateway and the sender loop."""
+
+    model_config = {"extra": "forbid"}
+
+    gateway: Literal["outbox", "http"] = Field(
+        default="outbox", description="outbox: messages are written to the sms_outbox table; http: [sms.http]."
+    )
+    sender: bool = Field(default=True, description="Run the sender loop in `meterhub serve`.")
+    poll_s: float = Field(default=5.0, gt=0, description="How often the sender looks for queued messages.")
+    batch: int = Field(default=50, ge=1, le=1000, description="Messages claimed per round.")
+    max_attempts: int = Field(default=3, ge=1, le=20, description="Sends per message before it fails.")
+    retry_after_s: float = Field(default=60.0, ge=0, description="Wait after a failed attempt, times the attempt.")
+    notify_s: float = Field(default=600.0, gt=0, description="How often the automatic notice scan runs in serve.")
+    http: SmsHttpSettings = SmsHttpSettings()
+
+
 class Settings(BaseSettings):
     """Everything meterhub reads from configuration."""
 
@@ -145,6 +200,7 @@ class Settings(BaseSettings):
     poller: PollerSettings = PollerSettings()
     commands: CommandSettings = CommandSettings()
     console: ConsoleSettings = ConsoleSettings()
+    sms: SmsSettings = SmsSettings()
     log: LogSettings = LogSettings()
 
     @field_validator("timezone")

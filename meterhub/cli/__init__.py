@@ -1,6 +1,6 @@
 """The `meterhub` command line: one module per area, registered on one typer app."""
 
-from meterhub.cli import bill, collect, command, db, demo, readings, serve, simulate, user  # noqa: F401
+from meterhub.cli import bill, collect, command, db, demo, readings, serve, simulate, sms, user  # noqa: F401
 from meterhub.cli.base import app
 
 

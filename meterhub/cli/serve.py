@@ -66,4 +66,12 @@ def serve(
         # afterwards; by then the shutdown is done, so these handlers only let the command end normally.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: None)
-        uvicorn.Server(config).run(sockets=[sock])
+        from meterhub.cli.sms import start_sender
+
+        sender = start_sender(store, settings)  # SMS: automatic notices queued and sent beside the console
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            if sender is not None:
+                sender[1].set()
+                sender[0].join(10)
