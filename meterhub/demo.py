@@ -190,10 +190,32 @@ def _prepare(store: Store, settings: Settings, console: Console, options: DemoOp
     with timings.step("alarms and commands"):
         events, commands = seed_activity(store)
     console.print(f"alarms: {events} new; commands: {commands} new")
+    with timings.step("modules"):
+        seeded = _seed_modules(store)
+    console.print(f"modules: {', '.join(seeded)}")
     console.print(f"prepared in {sum(timings.steps.values()):.1f} s ({timings.text()})")
     with store.connection() as conn:
         _summary(conn, console, today)
     _logins(console)
+
+
+def _seed_modules(store: Store) -> list[str]:
+    """A few records in each of the utility's other modules (each seed adds nothing the second time)."""
+    from meterhub import facilities, masterdata, office, repairs, sms, system_settings, warehouse
+
+    seeds = [
+        ("master data", masterdata.seed_demo),
+        ("system settings", system_settings.seed_demo),
+        ("valve wells and regulator boxes", facilities.seed_demo),  # after the history: box meters from it
+        ("warehouse", warehouse.seed_demo),
+        ("repairs", repairs.seed_demo),  # draws materials from the warehouse
+        ("SMS", sms.seed_demo),
+        ("office", office.seed_demo),
+    ]
+    for _, seed in seeds:
+        with store.transaction(actor="demo") as conn:
+            seed(conn)
+    return [name for name, _ in seeds]
 
 
 def _summary(conn: psycopg.Connection[Any], console: Console, today: date) -> None:

@@ -273,6 +273,7 @@ class LivePlatform:
             fleet.publish()
             self._stops.append((f"{fleet.name} publishing", fleet.stop_publishing))
         self._start_console()
+        self._start_sms()
 
     # -- parts --------------------------------------------------------------------------------------------
     def _start_broker(self) -> None:
@@ -398,6 +399,20 @@ class LivePlatform:
         console.start()
         self._stops.append(("console", console.stop))
         self.url = console.url
+
+    def _start_sms(self) -> None:
+        """The SMS sender and the automatic notices, as `meterhub serve` runs them (the outbox gateway)."""
+        from meterhub.cli.sms import start_sender
+
+        sender = start_sender(self.store, self.settings)
+        if sender is not None:
+            thread, stop = sender
+
+            def stop_sender() -> None:
+                stop.set()
+                thread.join(10)
+
+            self._stops.append(("SMS sender", stop_sender))
 
     def stop(self) -> None:
         """Stop what started, the last started first; a part that fails to stop does not keep the rest up."""
