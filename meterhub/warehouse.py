@@ -43,6 +43,7 @@ _STATUS = {
     "serial_in_stock": 409,
     "serial_known": 409,
     "serial_scrapped": 409,
+    "meter_in_use": 409,
     "duplicate": 409,
 }
 
@@ -508,6 +509,35 @@ def _resolve_lines(conn: psycopg.Connection[Any], given: list[LineInput]) -> lis
     return out
 
 
+def _meter_back_in_stock(conn: psycopg.Connection[Any], serial: str, doc_id: int, where: str, line_no: int) -> None:
+    """A meter returned to the warehouse: a removed one is in stock again (off its old account, which keeps
+    it in its history), so that it can be installed elsewhere; one still on an account cannot come back."""
+    meter = conn.execute(
+        "SELECT id, status, account_id FROM meter WHERE meter_no = %s FOR UPDATE", [serial]
+    ).fetchone()
+    if meter is None or meter[1] == "in_stock":
+        return
+    if meter[1] != "removed":
+        raise WarehouseError(
+            "meter_in_use",
+            f"meter {serial} is {meter[1]} on an account: remove it there first",
+            field=where,
+            serial_no=serial,
+            line=line_no,
+        )
+    conn.execute(
+        """UPDATE meter SET status = 'in_stock', account_id = NULL, install_date = NULL, remove_date = NULL
+            WHERE id = %s""",
+        [meter[0]],
+    )
+    doc_no = conn.execute("SELECT doc_no FROM stock_doc WHERE id = %s", [doc_id]).fetchone()
+    conn.execute(
+        """INSERT INTO meter_action (meter_id, account_id, action, at, reason)
+           VALUES (%s, %s, 'return', now(), %s)""",
+        [meter[0], meter[2], f"warehouse {doc_no[0] if doc_no else doc_id}"],
+    )
+
+
 def _move_serial(
     conn: psycopg.Connection[Any], kind: str, doc_id: int, warehouse_id: int, to_id: int | None, line: _Line
 ) -> None:
@@ -551,6 +581,8 @@ def _move_serial(
                 serial_no=serial,
                 line=line.no,
             )
+        assert serial is not None  # a serial-tracked line (checked when the document was read)
+        _meter_back_in_stock(conn, serial, doc_id, where, line.no)
         conn.execute(
             """UPDATE stock_serial SET status = 'in_stock', warehouse_id = %s, last_doc_id = %s, updated_at = now()
                 WHERE serial_no = %s""",

@@ -4,8 +4,9 @@ concurrent stock-outs on separate connections; meters drawn from stock by their 
 from __future__ import annotations
 
 import threading
-from datetime import date
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -308,6 +309,45 @@ def test_installing_a_meter_draws_it_from_stock_once(store: Store) -> None:
     with pytest.raises(MeterError):
         meters.install(store, "WH0001", "AC1", today, "0", actor="engineer")
     assert counts(store)[0] == 2
+
+
+def test_a_removed_meter_returned_to_stock_is_installed_again_elsewhere(store: Store) -> None:
+    setup_stock(store)
+    _meter_item(store)
+    with store.transaction() as conn:
+        make_meter(conn, 1)
+        make_meter(conn, 2)
+    warehouse.post_document(
+        store,
+        "keeper",
+        DocInput(kind="purchase", warehouse="ZK", supplier="S1", lines=[LineInput("M-G25", "1", "WH0003")]),
+    )
+    today = warehouse.today_in(store.settings.timezone)
+    meters.install(store, "WH0003", "AC1", today - timedelta(days=30), "0", actor="engineer")
+    back = DocInput(kind="return", warehouse="ZK", lines=[LineInput("M-G25", "1", "WH0003")])
+    with pytest.raises(WarehouseError) as in_use:  # still on AC1
+        warehouse.post_document(store, "keeper", back)
+    assert in_use.value.code == "meter_in_use"
+    removed_at = datetime.combine(today - timedelta(days=10), time(9), ZoneInfo(store.settings.timezone))
+    meters.remove(store, "WH0003", removed_at, "41.5", "account closed", actor="engineer")
+    warehouse.post_document(store, "keeper", back)
+    with store.connection() as conn:
+        meter = conn.execute("SELECT status, account_id FROM meter WHERE meter_no = 'WH0003'").fetchone()
+        actions = conn.execute(
+            "SELECT action FROM meter_action a JOIN meter m ON m.id = a.meter_id WHERE m.meter_no = 'WH0003' "
+            "ORDER BY a.id"
+        ).fetchall()
+    assert meter == ("in_stock", None)
+    assert [a[0] for a in actions] == ["install", "remove", "return"]
+    assert level(store, "ZK", "M-G25") == Decimal("1")
+    meters.install(store, "WH0003", "AC2", today, "41.5", actor="engineer")  # drawn from stock again
+    assert level(store, "ZK", "M-G25") == Decimal("0")
+    with store.connection() as conn:
+        assigned = conn.execute(
+            "SELECT a.account_no FROM meter_assignment x JOIN account a ON a.id = x.account_id "
+            "JOIN meter m ON m.id = x.meter_id WHERE m.meter_no = 'WH0003' ORDER BY x.valid_from"
+        ).fetchall()
+    assert [r[0] for r in assigned] == ["AC1", "AC2"]  # the first account keeps its history
 
 
 def test_a_serial_out_of_stock_cannot_be_installed_and_untracked_meters_install_as_before(store: Store) -> None:
