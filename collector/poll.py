@@ -95,6 +95,11 @@ class Poller:
             for bus in plan
             if bus.bus.protocol == "cjt188"
         }
+        self._key_drivers: dict[str, ModbusDriver | Cjt188Driver] = {}
+        for meter_no, target in self._targets.items():
+            driver = self.command_driver(meter_no)
+            if driver is not None:
+                self._key_drivers.setdefault(target.driver_key, driver)
         self._commands: dict[str, deque[Command]] = {bus.bus.name: deque() for bus in plan}
         self._wakes: dict[str, asyncio.Event] = {}
         self._inbox: queue.Queue[list[Received] | None] = queue.Queue()
@@ -162,10 +167,7 @@ class Poller:
     def driver_of_key(self, driver_key: str) -> ModbusDriver | Cjt188Driver | None:
         """A command driver of this poller's meters of one protocol (for what all its meters share, such
         as how a purchase sequence wraps)."""
-        for meter_no, target in self._targets.items():
-            if target.driver_key == driver_key:
-                return self.command_driver(meter_no)
-        return None
+        return self._key_drivers.get(driver_key)
 
     def submit(self, command: Command) -> bool:
         """Queue a command for the bus of `command.meter_no`; it runs before that bus's next poll.

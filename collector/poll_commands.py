@@ -164,12 +164,12 @@ async def _cjt188_command(reader: Cjt188Reader, target: Target, command: Command
 
 def _correlate(decoded: Decoded, correlation_id: str, extra: Mapping[str, object]) -> None:
     """Name the command the meter's answer belongs to (CJ/T 188 answers carry no correlation id; the poll
-    knows what it asked), with the valve state the answer reports."""
+    knows what it asked), with the valve state the answer reports. Every decoded answer carries its reply."""
     valve = _valve(decoded)
     extra = {**extra, **({"valve": valve} if valve else {})}
     decoded.replies = [
         replace(reply, correlation_id=correlation_id, detail={**reply.detail, **extra}) for reply in decoded.replies
-    ] or [CommandReply(decoded.statuses[0].meter_no if decoded.statuses else "", _now(), True, correlation_id, extra)]
+    ]
 
 
 def _refused_before_sending(target: Target, command: Command, result: PollResult, error: str) -> PollResult:

@@ -1075,12 +1075,18 @@ def api_meter_command(
     return JSONResponse(_out(request, view).model_dump(mode="json"), status_code=202)
 
 
-def _replayed(request: Request, user: Principal, key: str | None) -> bool:
+def _replayed(
+    request: Request,
+    user: Principal,
+    key: str | None,
+    table: Literal["meter_command", "command_bulk"] = "meter_command",
+) -> bool:
+    """Whether the user's idempotency key was used already (the request then answers with the first one)."""
     if not key:
         return False
     with store_of(request).connection() as conn:
         row = conn.execute(
-            "SELECT 1 FROM meter_command WHERE idempotency_key = %s", [f"{user.username}:{key}"]
+            f"SELECT 1 FROM {table} WHERE idempotency_key = %s", [f"{user.username}:{key}"]
         ).fetchone()
     return row is not None
 
@@ -1122,21 +1128,11 @@ def api_bulk(
     if targets.unknown:
         raise ActionError("unknown_meters", "unknown: " + ", ".join(targets.unknown[:50]), 404)
     key = idempotency_key or None
-    replayed = _bulk_replayed(request, user, key)
+    replayed = _replayed(request, user, key, "command_bulk")
     view = create_bulk(request, user, targets, body.kind, body.purpose, body.reason, key=key)
     if replayed:
         return JSONResponse(_bulk_out(request, user, view).model_dump(mode="json"), status_code=200)
     return _created(_bulk_out(request, user, view))
-
-
-def _bulk_replayed(request: Request, user: Principal, key: str | None) -> bool:
-    if not key:
-        return False
-    with store_of(request).connection() as conn:
-        row = conn.execute(
-            "SELECT 1 FROM command_bulk WHERE idempotency_key = %s", [f"{user.username}:{key}"]
-        ).fetchone()
-    return row is not None
 
 
 @router.get("/api/v1/commands/bulk/{bulk_id}", tags=["commands"])
